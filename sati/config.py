@@ -1,0 +1,329 @@
+"""Typed, frozen pipeline configuration loaded from YAML with dotted overrides.
+
+One ``PipelineConfig`` holds every knob: ``data``, ``model``, ``loss``, ``ablation``, ``train``,
+and the sections the search, tracking and registry build on. YAML is only its serialization:
+unknown keys, wrong types and out-of-range values are refused with an error that names the file,
+the dotted key, the value and what was expected (and, for a typo, the closest valid key).
+
+Paper symbols: ``loss.consistency_weight`` α, ``loss.temporal_weight`` β, ``loss.domain_weight``
+γ, ``loss.margin`` τ, ``loss.scale`` s, ``model.fbp_pool`` k, ``model.fbp_hidden`` o.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A pipeline file or override that does not match the schema."""
+
+
+def _spec(default: Any = dataclasses.MISSING, *, ge=None, gt=None, le=None, lt=None, help: str = ""):
+    """A dataclass field with range metadata checked at load time."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "help": help}
+    if default is dataclasses.MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = _spec("data/synth.h5", help="canonical SATI HDF5 dataset file")
+    generate: Optional[Literal["mosi", "mosei"]] = _spec(
+        None, help="generate a synthetic dataset with this preset at `path` if the file is absent")
+    generate_scale: float = _spec(1.0, gt=0.0, le=1.0, help="fraction of the preset's split sizes")
+    max_text_tokens: int = _spec(50, ge=3, le=512, help="per-sample text token budget, specials included")
+    num_workers: int = _spec(0, ge=0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    text_encoder: str = _spec(
+        "roberta-base",
+        help="Hugging Face name or local directory, `package:<module>` for an encoder shipped in a "
+             "Python package, or `precomputed` to use the dataset's text features")
+    freeze_text_layers: int = _spec(0, ge=-1, help="freeze embeddings + this many bottom layers; -1 freezes all")
+    hidden_size: int = _spec(128, ge=8, help="H; even and divisible by cross_attention_heads")
+    dropout: float = _spec(0.6, ge=0.0, lt=1.0, help="discriminator and fusion-MLP dropout")
+    encoder_layers: int = _spec(1, ge=1, help="audio/video Transformer encoder layers")
+    encoder_feedforward: int = _spec(2048, ge=1)
+    audio_heads: int = _spec(2, ge=1, help="must divide the audio feature dim")
+    video_heads: int = _spec(1, ge=1, help="must divide the video feature dim")
+    cross_attention_heads: int = _spec(4, ge=1)
+    cross_attention_dropout: float = _spec(0.2, ge=0.0, lt=1.0)
+    fbp_hidden: int = _spec(32, ge=1, help="o: FBP output size")
+    fbp_pool: int = _spec(2, ge=1, help="k: FBP sum-pool size")
+    fbp_dropout: float = _spec(0.4, ge=0.0, lt=1.0)
+    gate: Literal["linear", "sigmoid", "sign"] = _spec(
+        "linear", help="linear: paper Eq. 12; sigmoid: bounded trainable gate; "
+                       "sign: the reference code's binarized gate (its parameters never train)")
+    fusion_heads: int = _spec(1, ge=1)
+    fusion_feedforward: int = _spec(2048, ge=1)
+    reverse_grad_weight: float = _spec(1.0, ge=0.0, help="λ of the gradient-reversal layer")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    consistency_weight: float = _spec(1.0, ge=0.0, help="α: CMD consistency")
+    temporal_weight: float = _spec(1.0, ge=0.0, help="β: temporal-invariance JSD (the term is ~1e-4)")
+    domain_weight: float = _spec(0.4, ge=0.0, help="γ: angular-margin modality discrimination")
+    reconstruction_weight: float = _spec(1.0, ge=0.0, help="reference code only; 0 turns it off")
+    margin: float = _spec(0.5, ge=0.0, lt=3.1416, help="τ")
+    scale: float = _spec(30.0, gt=0.0, help="s")
+    margin_form: Literal["arcface", "cosface"] = _spec(
+        "arcface", help="arcface: cos(θ+τ) as in paper Eq. 4; cosface: cos θ − τ as the reference code")
+    domain_reduction: Literal["mean", "sum"] = _spec(
+        "mean", help="over the three modalities: mean (reference code) or sum (paper Eq. 5)")
+    domain_l2: float = _spec(0.01, ge=0.0, help="λ‖W‖² on the class weights, per code group")
+    cmd_moments: int = _spec(5, ge=1)
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """Table II switches: turning one off removes that component."""
+    til: bool = _spec(True, help="temporal-invariance learning (the β term)")
+    gate: bool = _spec(True, help="the FBP gate (off: both streams pass ungated)")
+    adversarial: bool = _spec(True, help="the modality discriminator and its γ term")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _spec(50, ge=1)
+    batch_size: int = _spec(64, ge=1)
+    eval_batch_size: int = _spec(128, ge=1)
+    lr: float = _spec(1.7e-5, gt=0.0)
+    text_encoder_lr: Optional[float] = _spec(None, gt=0.0, help="defaults to lr")
+    weight_decay: float = _spec(0.0, ge=0.0)
+    clip_mode: Literal["value", "norm", "none"] = _spec("value")
+    clip: float = _spec(1.0, gt=0.0)
+    patience: int = _spec(10, ge=0, help="epochs without improvement before stopping; 0 never stops")
+    selection_metric: str = _spec("valid/mae", help="a valid/* metric key")
+    selection_mode: Literal["min", "max"] = _spec("min")
+    device: str = _spec("auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
+    precision: Literal["auto", "fp32", "bf16"] = _spec("auto", help="auto: bf16 autocast on CUDA")
+    max_steps_per_epoch: Optional[int] = _spec(None, ge=1, help="cap for smoke runs")
+    out_dir: str = _spec("runs/sati")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: Optional[str] = None
+    metric: str = "valid/mae"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = _spec(8, ge=1)
+    max_concurrent: int = _spec(2, ge=1)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: Optional[str] = None
+    experiment: str = "sati"
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    model_name: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str = "sati"
+    seed: int = 336
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, overrides: dict[str, Any], source: str = "overrides") -> "PipelineConfig":
+        """A copy with dotted-key overrides applied and validated."""
+        merged = self.to_dict()
+        for key, value in overrides.items():
+            _set_dotted(merged, key, value, source)
+        return from_dict(merged, source)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> PipelineConfig:
+    """Read a pipeline YAML, apply ``key=value`` overrides, and validate everything."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: pipeline file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    cfg = from_dict(raw, str(path))
+    if overrides:
+        cfg = cfg.replace(parse_overrides(overrides) if isinstance(overrides, list) else overrides,
+                          source=f"{path} (--set)")
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=3e-5", "ablation.gate=false"]`` → ``{"train.lr": 3e-5, ...}`` (values are YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3.0e-5")
+        out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+    return out
+
+
+def valid_keys(cls: type = PipelineConfig, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the schema (``train.lr``, ``loss.margin``, ...)."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += valid_keys(tp, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def closest_key(key: str) -> str | None:
+    """The valid dotted key nearest to ``key``, for "did you mean" hints."""
+    keys = valid_keys()
+    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    if match:
+        return match[0]
+    leaf = key.rsplit(".", 1)[-1]
+    by_leaf = difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1] for k in keys], n=1, cutoff=0.6)
+    return next((k for k in keys if by_leaf and k.endswith("." + by_leaf[0])), None)
+
+
+def from_dict(raw: dict, source: str) -> PipelineConfig:
+    """Build and validate a config from a plain nested mapping; ``source`` names it in errors."""
+    return _validate(_build(PipelineConfig, raw, source, ""), source)
+
+
+def _unknown(source: str, key: str) -> ConfigError:
+    hint = closest_key(key)
+    suggestion = f"; did you mean '{hint}'?" if hint else ""
+    return ConfigError(f"{source}: unknown key '{key}'{suggestion}")
+
+
+def _build(cls: type, raw: Any, source: str, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise _unknown(source, f"{prefix}{key}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        tp, dotted = hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, raw[f.name], source, dotted + ".")
+        else:
+            kwargs[f.name] = _check_value(tp, raw[f.name], f.metadata, source, dotted)
+    return cls(**kwargs)
+
+
+def _describe(tp: Any, meta: dict) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _describe(inner[0], meta) + " or null"
+    bounds = [f"{op} {meta[k]}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+              if meta.get(k) is not None]
+    return f"{getattr(tp, '__name__', tp)}" + (f" {' and '.join(bounds)}" if bounds else "")
+
+
+def _check_value(tp: Any, value: Any, meta: dict, source: str, key: str):
+    expected = _describe(tp, meta)
+
+    def bad() -> ConfigError:
+        return ConfigError(f"{source}: {key} = {value!r}: expected {expected}")
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise bad()
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+    elif tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad() from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise bad()
+    for k, ok in (("ge", lambda v, b: v >= b), ("gt", lambda v, b: v > b),
+                  ("le", lambda v, b: v <= b), ("lt", lambda v, b: v < b)):
+        if meta.get(k) is not None and not ok(value, meta[k]):
+            raise bad()
+    return value
+
+
+def _set_dotted(tree: dict, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node.get(part), dict):
+            raise _unknown(source, key)
+        node = node[part]
+    if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+        raise _unknown(source, key)
+    node[parts[-1]] = value
+
+
+def _validate(cfg: PipelineConfig, source: str) -> PipelineConfig:
+    """Checks that involve more than one key."""
+    m = cfg.model
+    if m.hidden_size % 2 or m.hidden_size % m.cross_attention_heads:
+        raise ConfigError(f"{source}: model.hidden_size = {m.hidden_size}: expected an even number divisible "
+                          f"by model.cross_attention_heads = {m.cross_attention_heads}")
+    if (2 * m.hidden_size) % m.fusion_heads:
+        raise ConfigError(f"{source}: model.fusion_heads = {m.fusion_heads}: must divide 2 * model.hidden_size "
+                          f"= {2 * m.hidden_size}")
+    if not cfg.train.selection_metric.startswith("valid/"):
+        raise ConfigError(f"{source}: train.selection_metric = {cfg.train.selection_metric!r}: expected a "
+                          "validation metric such as 'valid/mae' (the test split is never used for selection)")
+    if cfg.search.metric and not cfg.search.metric.startswith("valid/"):
+        raise ConfigError(f"{source}: search.metric = {cfg.search.metric!r}: expected a 'valid/*' metric")
+    return cfg

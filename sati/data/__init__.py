@@ -1,0 +1,1 @@
+"""Dataset file format, generated data, and batching."""

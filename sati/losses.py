@@ -1,0 +1,144 @@
+"""SATI's losses as pure, vectorized functions (no loop over batch elements or time steps).
+
+Total (paper Eq. 14, plus the reference code's reconstruction term):
+    L = L_task + α·L_con + β·L_ti + γ·L_dom + w_rec·L_rec
+with α = ``loss.consistency_weight``, β = ``loss.temporal_weight``, γ = ``loss.domain_weight``,
+w_rec = ``loss.reconstruction_weight``. Padded steps are excluded everywhere.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sati.config import AblationConfig, LossConfig
+from sati.model.sati import SATIOutput
+
+_PAIRS = (torch.tensor([0, 0, 1]), torch.tensor([2, 1, 2]))   # (t, v), (t, a), (a, v)
+
+
+def task_loss(prediction: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean squared error; prediction, labels: [B]."""
+    return F.mse_loss(prediction, labels)
+
+
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt((x * x).sum(-1) + 1e-12)   # eps keeps the gradient finite at exact equality
+
+
+def cmd(x: torch.Tensor, y: torch.Tensor, moments: int = 5) -> torch.Tensor:
+    """Central moment discrepancy over the batch axis.
+
+    x, y: [..., B, H] with values in (0, 1) → [...]:
+    ‖E x − E y‖ + Σ_{k=2..K} ‖E (x−E x)^k − E (y−E y)^k‖.
+    """
+    mx, my = x.mean(-2, keepdim=True), y.mean(-2, keepdim=True)
+    cx, cy = x - mx, y - my
+    total = _norm(mx.squeeze(-2) - my.squeeze(-2))
+    for k in range(2, moments + 1):   # over moments, not data
+        total = total + _norm((cx ** k).mean(-2) - (cy ** k).mean(-2))
+    return total
+
+
+def consistency_loss(shared_means: torch.Tensor, moments: int = 5) -> torch.Tensor:
+    """L_con (Eq. 2): mean CMD over the pairs (t,v), (t,a), (a,v); shared_means: [3, B, H]."""
+    i, j = _PAIRS
+    return cmd(shared_means[i.to(shared_means.device)], shared_means[j.to(shared_means.device)], moments).mean()
+
+
+def _kl(p: torch.Tensor, q: torch.Tensor, eps: float) -> torch.Tensor:
+    return ((p + eps) * torch.log((p + eps) / (q + eps))).sum(-1)
+
+
+def temporal_jsd(codes: torch.Tensor, mask: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """L_ti (Eq. 7): mean JSD between the batch-averaged channel softmax of adjacent steps.
+
+    codes: [B, T, C] video codes [S_v ; I_v]; mask: [B, T] bool. For the step pair (t, t+1), the
+    batch average P_t, P_{t+1} runs over samples real at both steps; pairs with none are skipped.
+    Returns 0 when no pair exists (T = 1).
+    """
+    p = torch.softmax(codes, dim=-1)                                    # [B, T, C]
+    pair = (mask[:, :-1] & mask[:, 1:]).to(p.dtype).unsqueeze(-1)       # [B, T-1, 1]
+    count = pair.sum(0)                                                 # [T-1, 1]
+    p_now = (p[:, :-1] * pair).sum(0) / count.clamp_min(1)              # [T-1, C]
+    p_next = (p[:, 1:] * pair).sum(0) / count.clamp_min(1)
+    mid = (p_now + p_next) / 2
+    jsd = 0.5 * _kl(p_now, mid, eps) + 0.5 * _kl(p_next, mid, eps)      # [T-1]
+    used = (count.squeeze(-1) > 0).to(p.dtype)
+    return (jsd * used).sum() / used.sum().clamp_min(1)
+
+
+def angular_margin_logits(features: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor,
+                          scale: float, margin: float, form: str) -> torch.Tensor:
+    """Scaled cosine logits with an additive angular margin on the true class.
+
+    features: [..., H], labels: [...] long, classes: [C, H] → [..., C].
+    arcface (paper Eq. 4): s·cos(θ_y + τ); cosface (reference code): s·(cos θ_y − τ).
+    """
+    cos = F.normalize(features, dim=-1) @ F.normalize(classes, dim=-1).t()      # [..., C]
+    if form == "cosface":
+        target = cos - margin
+    else:
+        sin = torch.sqrt((1 - cos * cos).clamp_min(1e-12))
+        target = cos * math.cos(margin) - sin * math.sin(margin)               # cos(θ + τ), θ ∈ [0, π]
+    onehot = F.one_hot(labels, classes.shape[0]).bool()
+    return scale * torch.where(onehot, target, cos)
+
+
+def domain_loss(features: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, *, scale: float,
+                margin: float, form: str = "arcface", reduction: str = "mean", l2: float = 0.01) -> torch.Tensor:
+    """L_dom (Eqs. 4-5) over the shared and the private codes.
+
+    features: [2·M, B, H] discriminator outputs, shared codes of the M modalities first, then the
+    private ones; labels: [2·M] modality ids; classes: [M, H]. Per code type, the batch-mean
+    cross-entropy is averaged (reference) or summed (paper) over modalities; the two code types
+    are added, each with l2·‖W‖² as in the reference.
+    """
+    g, b, _ = features.shape
+    logits = angular_margin_logits(features, labels[:, None].expand(g, b), classes, scale, margin, form)
+    ce = F.cross_entropy(logits.reshape(g * b, -1), labels.repeat_interleave(b), reduction="none")
+    per_group = ce.view(g, b).mean(1).view(2, g // 2)                  # [code type, modality]
+    per_type = per_group.mean(1) if reduction == "mean" else per_group.sum(1)
+    return per_type.sum() + 2 * l2 * classes.pow(2).sum()
+
+
+def reconstruction_loss(targets: torch.Tensor, masks: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+    """Mean over modalities of the masked MSE between U_m [3, B, T, H] and r_m [3, B, H] at every real step."""
+    err = (targets - reconstructions.unsqueeze(2)).pow(2).mean(-1)      # [3, B, T]
+    m = masks.to(err.dtype)
+    return ((err * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)).mean()
+
+
+@dataclass
+class LossBreakdown:
+    """Each term (unweighted) and the weighted total; all scalars."""
+    total: torch.Tensor
+    task: torch.Tensor
+    consistency: torch.Tensor
+    temporal: torch.Tensor
+    domain: torch.Tensor
+    reconstruction: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        return {k: float(v.detach()) for k, v in self.__dict__.items()}
+
+
+def total_loss(out: SATIOutput, labels: torch.Tensor, cfg: LossConfig, ablation: AblationConfig) -> LossBreakdown:
+    """L = L_task + α L_con + β L_ti + γ L_dom + w_rec L_rec; terms with weight 0 or ablated are skipped."""
+    zero = out.prediction.new_zeros(()).float()
+    task = task_loss(out.prediction.float(), labels.float())
+    con = consistency_loss(out.shared_means.float(), cfg.cmd_moments) if cfg.consistency_weight else zero
+    ti = (temporal_jsd(out.video_codes.float(), out.video_mask)
+          if ablation.til and cfg.temporal_weight else zero)
+    dom = zero
+    if ablation.adversarial and cfg.domain_weight and out.domain_features is not None:
+        dom = domain_loss(out.domain_features.float(), out.domain_labels, out.domain_classes.float(),
+                          scale=cfg.scale, margin=cfg.margin, form=cfg.margin_form,
+                          reduction=cfg.domain_reduction, l2=cfg.domain_l2)
+    rec = (reconstruction_loss(out.projections.float(), out.projection_masks, out.reconstructions.float())
+           if cfg.reconstruction_weight else zero)
+    total = (task + cfg.consistency_weight * con + cfg.temporal_weight * ti
+             + cfg.domain_weight * dom + cfg.reconstruction_weight * rec)
+    return LossBreakdown(total=total, task=task, consistency=con, temporal=ti, domain=dom, reconstruction=rec)

