@@ -1,0 +1,111 @@
+"""Command line: ``sati train``, ``sati data synth``, ``sati config``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sati.config import ConfigError, load_pipeline
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value by dotted key, e.g. --set train.lr=3.0e-5 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sati", description="SATI multimodal sentiment: train, search, promote")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one model on the train split, select on validation")
+    train.add_argument("pipeline", help="pipeline YAML, e.g. pipelines/quickstart.yaml")
+    _add_overrides(train)
+    train.add_argument("--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
+                       help="continue from a checkpoint (default: <train.out_dir>/checkpoints/last.pt)")
+    train.add_argument("--eval-test", action="store_true",
+                       help="also evaluate the best checkpoint on the test split at the end")
+
+    config = sub.add_parser("config", help="validate a pipeline and print it resolved")
+    config.add_argument("pipeline")
+    _add_overrides(config)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write a generated dataset with a learnable signal")
+    synth.add_argument("--out", required=True, help="output .h5 path")
+    synth.add_argument("--preset", choices=["mosi", "mosei"], default="mosi")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--scale", type=float, default=1.0, help="fraction of the preset's split sizes")
+    synth.add_argument("--text-features", type=int, default=0, metavar="DIM",
+                       help="also store precomputed text features of this dim (0: none)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sati.checkpoint import CheckpointError
+    from sati.data.h5format import DataError
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "config":
+            import yaml
+            print(yaml.safe_dump(load_pipeline(args.pipeline, args.overrides).to_dict(), sort_keys=False), end="")
+            return 0
+        if args.command == "data" and args.data_command == "synth":
+            return _synth(args)
+    except (ConfigError, DataError, CheckpointError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _synth(args) -> int:
+    from sati.data.synth import write_synthetic
+    if not 0 < args.scale <= 1:
+        raise ValueError(f"--scale {args.scale}: expected a fraction in (0, 1]")
+    checksum = write_synthetic(args.out, args.preset, seed=args.seed, scale=args.scale,
+                               text_feature_dim=args.text_features)
+    print(f"wrote {args.out} (preset {args.preset}, seed {args.seed}, sha256 {checksum[:16]}…)")
+    return 0
+
+
+def _train(args) -> int:
+    from sati.checkpoint import load_checkpoint
+    from sati.data.loaders import load_split_datasets
+    from sati.devices import resolve_device
+    from sati.metrics import format_table
+    from sati.reporting import ConsoleReporter
+    from sati.trainer import NonFiniteLossError, build_model, evaluate, fit
+
+    cfg = load_pipeline(args.pipeline, args.overrides)
+    resume = None
+    if args.resume is not None:
+        resume = Path(cfg.train.out_dir) / "checkpoints" / "last.pt" if args.resume == "last" else Path(args.resume)
+    datasets, info = load_split_datasets(cfg, ("train", "valid"))
+    print(f"data {info.path}: train {len(datasets['train'])}, valid {len(datasets['valid'])} "
+          f"(audio {info.audio_dim}-d, video {info.video_dim}-d); device {resolve_device(cfg.train.device)}")
+    try:
+        result = fit(cfg, ConsoleReporter(cfg.train.epochs), resume=resume, datasets=datasets, info=info)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg, info).to(device)
+    model.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])
+    splits = ["valid"]
+    metrics = evaluate(model, datasets["valid"], "valid", cfg.train.eval_batch_size, device, cfg.train.precision)
+    if args.eval_test:
+        test, _ = load_split_datasets(cfg, ("test",))
+        metrics |= evaluate(model, test["test"], "test", cfg.train.eval_batch_size, device, cfg.train.precision)
+        splits.append("test")
+    print()
+    print(format_table(metrics, splits))
+    stop = " (stopped early)" if result.stopped_early else ""
+    print(f"\nbest checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, "
+          f"{cfg.train.selection_metric} {result.best_metrics.get(cfg.train.selection_metric, float('nan')):.4f}){stop}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

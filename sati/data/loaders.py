@@ -1,0 +1,53 @@
+"""From ``cfg.data`` to batches: open the dataset file once, tokenize each split once.
+
+The trainer asks for ``("train", "valid")``; only evaluation asks for ``"test"``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from sati.config import PipelineConfig
+from sati.data.dataset import SplitDataset, tokenize
+from sati.data.h5format import DataError, DatasetInfo, read_info, read_split
+from sati.model.text import PRECOMPUTED, load_tokenizer
+
+
+def ensure_dataset(cfg: PipelineConfig) -> Path:
+    """The dataset path; generated first when absent and ``data.generate`` names a preset."""
+    path = Path(cfg.data.path)
+    if not path.exists() and cfg.data.generate:
+        from sati.data.synth import write_synthetic
+        print(f"generating a synthetic {cfg.data.generate} dataset at {path} (data.generate)", file=sys.stderr)
+        write_synthetic(path, cfg.data.generate, seed=0, scale=cfg.data.generate_scale)
+    return path
+
+
+def load_split_datasets(cfg: PipelineConfig, splits: Iterable[str], tokenizer=None
+                        ) -> tuple[dict[str, SplitDataset], DatasetInfo]:
+    """Read ``splits`` from the dataset file and tokenize each once with the model's tokenizer."""
+    path = ensure_dataset(cfg)
+    info = read_info(path)
+    precomputed = cfg.model.text_encoder == PRECOMPUTED
+    if precomputed and not info.text_feature_dim:
+        raise DataError(f"{path}: model.text_encoder = 'precomputed' but the file has no text_features")
+    if not precomputed and tokenizer is None:
+        tokenizer = load_tokenizer(cfg.model.text_encoder)
+    out = {}
+    for split in splits:
+        arrays = read_split(path, split)
+        tokens = None if precomputed else tokenize(tokenizer, arrays.text, cfg.data.max_text_tokens)
+        out[split] = SplitDataset(arrays, tokens)
+    return out, info
+
+
+def make_loader(dataset: SplitDataset, batch_size: int, *, shuffle: bool, seed: Optional[int] = None,
+                num_workers: int = 0) -> DataLoader:
+    """Batches of ``dataset``; a shuffled loader draws its order from ``seed`` only."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(range(len(dataset)), batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      collate_fn=dataset.collate, num_workers=num_workers, drop_last=False)
