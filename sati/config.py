@@ -74,7 +74,8 @@ class LossConfig:
     consistency_weight: float = _spec(1.0, ge=0.0, help="α: CMD consistency")
     temporal_weight: float = _spec(1.0, ge=0.0, help="β: temporal-invariance JSD (the term is ~1e-4)")
     domain_weight: float = _spec(0.4, ge=0.0, help="γ: angular-margin modality discrimination")
-    reconstruction_weight: float = _spec(1.0, ge=0.0, help="reference code only; 0 turns it off")
+    reconstruction_weight: float = _spec(
+        0.0, ge=0.0, help="not in the paper (Eq. 14); the reference code uses 1.0")
     margin: float = _spec(0.5, ge=0.0, lt=3.1416, help="τ")
     scale: float = _spec(30.0, gt=0.0, help="s")
     margin_form: Literal["arcface", "cosface"] = _spec(
@@ -204,13 +205,15 @@ def valid_keys(cls: type = PipelineConfig, prefix: str = "") -> list[str]:
 
 def closest_key(key: str) -> str | None:
     """The valid dotted key nearest to ``key``, for "did you mean" hints."""
-    keys = valid_keys()
+    leaves = valid_keys()
+    sections = sorted({k.rsplit(".", 1)[0] for k in leaves if "." in k})
+    keys = leaves + sections
     match = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     if match:
         return match[0]
     leaf = key.rsplit(".", 1)[-1]
-    by_leaf = difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1] for k in keys], n=1, cutoff=0.6)
-    return next((k for k in keys if by_leaf and k.endswith("." + by_leaf[0])), None)
+    by_leaf = difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1] for k in leaves], n=1, cutoff=0.6)
+    return next((k for k in leaves if by_leaf and k.endswith("." + by_leaf[0])), None)
 
 
 def from_dict(raw: dict, source: str) -> PipelineConfig:

@@ -33,7 +33,7 @@ class NullReporter:
 class ConsoleReporter:
     """A progress bar per epoch and the validation metrics after each epoch."""
 
-    def __init__(self, epochs: int, stream=sys.stdout):
+    def __init__(self, epochs: int, stream=None):
         self.epochs, self.stream = epochs, stream
 
     def progress(self, batches, total, desc):
@@ -45,4 +45,4 @@ class ConsoleReporter:
         shown = [f"train/loss {metrics['train/loss']:.4f}"]
         shown += [f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("valid/")]
         mark = "  * best" if is_best else ""
-        print(f"epoch {epoch}/{self.epochs}  " + "  ".join(shown) + mark, file=self.stream, flush=True)
+        print(f"epoch {epoch}/{self.epochs}  " + "  ".join(shown) + mark, file=self.stream or sys.stdout, flush=True)

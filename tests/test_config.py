@@ -1,0 +1,111 @@
+"""The typed pipeline config: shipped files load; bad keys and values get named errors."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from sati.config import ConfigError, PipelineConfig, load_pipeline, parse_overrides, valid_keys
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_pipeline_loads(path):
+    cfg = load_pipeline(path)
+    assert isinstance(cfg, PipelineConfig)
+    assert cfg.train.selection_metric.startswith("valid/")
+
+
+def test_config_is_frozen():
+    cfg = PipelineConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.lr = 1.0
+
+
+def test_paper_names_are_config_keys():
+    keys = set(valid_keys())
+    for key in ("loss.consistency_weight", "loss.temporal_weight", "loss.domain_weight",
+                "loss.reconstruction_weight", "loss.margin", "loss.scale", "model.fbp_pool",
+                "model.fbp_hidden", "model.dropout", "train.lr", "ablation.til", "ablation.gate",
+                "ablation.adversarial"):
+        assert key in keys
+
+
+def test_overrides_apply_and_keep_types(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  lr: 1e-5\n")            # PyYAML reads this as the string '1e-5'
+    cfg = load_pipeline(path, ["train.lr=3.0e-5", "loss.temporal_weight=10", "ablation.gate=false",
+                               "model.gate=sigmoid"])
+    assert cfg.train.lr == pytest.approx(3.0e-5)
+    assert cfg.loss.temporal_weight == 10.0 and isinstance(cfg.loss.temporal_weight, float)
+    assert cfg.ablation.gate is False
+    assert cfg.model.gate == "sigmoid"
+    assert load_pipeline(path).train.lr == pytest.approx(1e-5)
+
+
+def test_unknown_key_in_file_names_file_key_and_suggestion(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("train:\n  lr_rate: 0.001\n")
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(path)
+    msg = str(err.value)
+    assert str(path) in msg and "train.lr_rate" in msg and "did you mean 'train.lr'" in msg
+
+
+def test_unknown_section_suggests_closest(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("los:\n  margin: 0.3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'los'.*did you mean 'loss"):
+        load_pipeline(path)
+
+
+def test_misspelt_override_suggests_key(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("{}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'loss\.temporal_wieght'.*did you mean 'loss\.temporal_weight'"):
+        load_pipeline(path, ["loss.temporal_wieght=3"])
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("train:\n  lr: fast\n", "train.lr = 'fast': expected float > 0.0"),
+    ("train:\n  lr: -0.1\n", "train.lr = -0.1: expected float > 0.0"),
+    ("train:\n  epochs: 2.5\n", "train.epochs = 2.5: expected int >= 1"),
+    ("model:\n  dropout: 1.5\n", "model.dropout = 1.5: expected float >= 0.0 and < 1.0"),
+    ("model:\n  gate: soft\n", "model.gate = 'soft': expected one of 'linear', 'sigmoid', 'sign'"),
+    ("loss:\n  margin_form: arc\n", "loss.margin_form = 'arc': expected one of 'arcface', 'cosface'"),
+    ("ablation:\n  til: 'no'\n", "ablation.til = 'no': expected bool"),
+    ("model:\n  hidden_size: 30\n", "model.hidden_size = 30: expected an even number divisible"),
+    ("train:\n  selection_metric: test/mae\n", "the test split is never used for selection"),
+    ("train: 3\n", "'train' must be a mapping"),
+])
+def test_bad_values_name_key_value_and_expectation(tmp_path, text, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(path)
+    assert str(path) in str(err.value)
+    assert fragment in str(err.value)
+
+
+def test_override_syntax_error():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_overrides(["train.lr"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_pipeline(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_pipeline(bad)
+
+
+def test_paper_form_is_the_default():
+    cfg = PipelineConfig()
+    assert cfg.loss.margin_form == "arcface"
+    assert cfg.model.gate == "linear"
+    assert (cfg.loss.consistency_weight, cfg.loss.temporal_weight, cfg.loss.domain_weight) == (1.0, 1.0, 0.4)
+    assert (cfg.loss.margin, cfg.loss.scale, cfg.model.fbp_pool, cfg.model.fbp_hidden) == (0.5, 30.0, 2, 32)
+    assert Path(cfg.data.path).suffix == ".h5"
