@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from sati.config import ConfigError, load_pipeline
+from sati.data.commands import add_data_commands, run_data_command
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -29,14 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("pipeline")
     _add_overrides(config)
 
-    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    synth = data.add_parser("synth", help="write a generated dataset with a learnable signal")
-    synth.add_argument("--out", required=True, help="output .h5 path")
-    synth.add_argument("--preset", choices=["mosi", "mosei"], default="mosi")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--scale", type=float, default=1.0, help="fraction of the preset's split sizes")
-    synth.add_argument("--text-features", type=int, default=0, metavar="DIM",
-                       help="also store precomputed text features of this dim (0: none)")
+    add_data_commands(sub)
     return parser
 
 
@@ -51,22 +45,12 @@ def main(argv: list[str] | None = None) -> int:
             import yaml
             print(yaml.safe_dump(load_pipeline(args.pipeline, args.overrides).to_dict(), sort_keys=False), end="")
             return 0
-        if args.command == "data" and args.data_command == "synth":
-            return _synth(args)
+        if args.command == "data":
+            return run_data_command(args)
     except (ConfigError, DataError, CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1
-
-
-def _synth(args) -> int:
-    from sati.data.synth import write_synthetic
-    if not 0 < args.scale <= 1:
-        raise ValueError(f"--scale {args.scale}: expected a fraction in (0, 1]")
-    checksum = write_synthetic(args.out, args.preset, seed=args.seed, scale=args.scale,
-                               text_feature_dim=args.text_features)
-    print(f"wrote {args.out} (preset {args.preset}, seed {args.seed}, sha256 {checksum[:16]}…)")
-    return 0
 
 
 def _train(args) -> int:
