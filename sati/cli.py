@@ -26,6 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-test", action="store_true",
                        help="also evaluate the best checkpoint on the test split at the end")
 
+    search = sub.add_parser("search", help="hyperparameter search: Ray Tune trials, Optuna sampling, MLflow runs")
+    search.add_argument("pipeline", nargs="?", help="pipeline YAML with a search section")
+    _add_overrides(search)
+    search.add_argument("--address", default=None, help="Ray cluster address (overrides search.ray_address)")
+    search.add_argument("--resume", metavar="SEARCH_DIR_OR_RUN_ID", default=None,
+                        help="continue an interrupted search (its directory or MLflow parent run id)")
+    search.add_argument("--tracking-uri", default=None,
+                        help="with --resume RUN_ID: the MLflow tracking URI (default: the local store)")
+
     config = sub.add_parser("config", help="validate a pipeline and print it resolved")
     config.add_argument("pipeline")
     _add_overrides(config)
@@ -38,19 +47,34 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sati.checkpoint import CheckpointError
     from sati.data.h5format import DataError
+    from sati.tracking import TrackingError
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "search":
+            return _search(args)
         if args.command == "config":
             import yaml
             print(yaml.safe_dump(load_pipeline(args.pipeline, args.overrides).to_dict(), sort_keys=False), end="")
             return 0
         if args.command == "data":
             return run_data_command(args)
-    except (ConfigError, DataError, CheckpointError, ValueError, OSError) as err:
+    except (ConfigError, DataError, CheckpointError, TrackingError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1
+
+
+def _search(args) -> int:
+    from sati.search.runner import resume_search, run_search
+    if args.resume:
+        outcome = resume_search(args.resume, tracking_uri=args.tracking_uri)
+    else:
+        if not args.pipeline:
+            raise ConfigError("sati search: give a pipeline YAML, or --resume SEARCH_DIR_OR_RUN_ID")
+        overrides = list(args.overrides) + ([f"search.ray_address={args.address}"] if args.address else [])
+        outcome = run_search(load_pipeline(args.pipeline, overrides))
+    return 0 if outcome.best else 1
 
 
 def _train(args) -> int:

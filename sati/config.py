@@ -114,18 +114,33 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ResourcesConfig:
+    cpu: float = _spec(1.0, gt=0.0, help="CPUs per trial")
+    gpu: float = _spec(0.0, ge=0.0, help="GPUs per trial; fractions (0.5, 0.25) pack trials on one GPU")
+
+
+@dataclass(frozen=True)
 class SearchConfig:
-    space: Optional[str] = None
-    metric: str = "valid/mae"
-    mode: Literal["min", "max"] = "min"
-    num_samples: int = _spec(8, ge=1)
-    max_concurrent: int = _spec(2, ge=1)
+    space: Optional[str] = _spec(None, help="search space YAML (dotted config keys → distributions)")
+    metric: str = _spec("valid/mae", help="a valid/* metric; the search never sees test metrics")
+    mode: Literal["min", "max"] = _spec("min")
+    num_samples: int = _spec(8, ge=1, help="number of trials")
+    max_concurrent: int = _spec(2, ge=1, help="trials running at once")
+    scheduler: Literal["asha", "hyperband", "fifo"] = _spec("asha")
+    grace_period: int = _spec(1, ge=1, help="epochs before ASHA/HyperBand may stop a trial")
+    reduction_factor: int = _spec(3, ge=2)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    time_budget_s: Optional[float] = _spec(None, gt=0.0, help="stop starting trials after this many seconds")
+    max_failures: int = _spec(1, ge=0, help="retries of a trial after an infrastructure failure")
+    storage_path: str = _spec("runs/search", help="local dir, shared mount, or s3:// / gs:// URI for checkpoints")
+    ray_address: Optional[str] = _spec(None, help="Ray cluster address (ray://host:10001, host:6379, auto); "
+                                                  "none starts a local Ray for the search")
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    uri: Optional[str] = None
-    experiment: str = "sati"
+    uri: Optional[str] = _spec(None, help="MLflow tracking URI; none: sqlite:///<cwd>/mlflow.db")
+    experiment: str = _spec("sati")
 
 
 @dataclass(frozen=True)
@@ -187,6 +202,17 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3.0e-5")
         out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+    return out
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1.0}}`` → ``{"train.lr": 1.0}``."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out |= flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
     return out
 
 

@@ -14,7 +14,6 @@ Output directory (``train.out_dir``)::
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,16 +121,19 @@ def fit(cfg: PipelineConfig, reporter: Reporter | None = None, resume: Optional[
             state.update(best_value=value, best_epoch=epoch, best_metrics=metrics, epochs_since_best=0)
         else:
             state["epochs_since_best"] += 1
+        stopped_early = bool(tc.patience) and state["epochs_since_best"] >= tc.patience
+        metrics[f"best/{tc.selection_metric}"] = state["best_value"]
+        metrics["trainer/finished"] = float(stopped_early or epoch == tc.epochs)
         state["history"].append(metrics)
         with open(out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         save_checkpoint(last_path, model=model, optimizer=optimizer, epoch=epoch, config=cfg.to_dict(),
                         metrics=metrics, state=state)
-        if is_best:
-            _copy_atomic(last_path, best_path)
+        if is_best:   # weights only: the optimizer state is needed to resume, not to use the model
+            save_checkpoint(best_path, model=model, optimizer=None, epoch=epoch, config=cfg.to_dict(),
+                            metrics=metrics, state=state)
         reporter.on_epoch_end(epoch, metrics, last_path, is_best)
-        if tc.patience and state["epochs_since_best"] >= tc.patience:
-            stopped_early = True
+        if stopped_early:
             break
     return FitResult(best_epoch=state["best_epoch"], best_metrics=state["best_metrics"], best_checkpoint=best_path,
                      last_checkpoint=last_path, history=state["history"], stopped_early=stopped_early)
@@ -177,13 +179,6 @@ def _unknown_metric(tc, metrics: dict) -> float:
     valid = sorted(k for k in metrics if k.startswith("valid/"))
     raise ValueError(f"train.selection_metric = {tc.selection_metric!r} is not a computed metric; "
                      f"choose one of {', '.join(valid)}")
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    for s, d in ((src, dst), (src.with_suffix(".json"), dst.with_suffix(".json"))):
-        tmp = d.with_name(f".{d.name}.tmp")
-        shutil.copyfile(s, tmp)
-        tmp.replace(d)
 
 
 def _rewrite_history(path: Path, history: list[dict]) -> None:

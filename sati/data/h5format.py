@@ -12,14 +12,19 @@ Layout (format version 1)::
     /<split>/video          [N, T, D_v] float32, zero beyond each length
     /<split>/text_features  [N, T_t, D_t] float32 (optional: precomputed text features)
     /<split>/text_lengths   [N] int32 (with text_features)
+/<split>/tokens/<key>/  optional, one group per tokenizer (written by ``sati data prepare --tokenizer``):
+    ids [N, L] int32 (padded with pad_id), lengths [N] int32; attrs tokenizer (name as given),
+    fingerprint (of the tokenizer's vocabulary and rules), max_length, pad_id, truncated (count),
+    checksum (sha256 of ids and lengths). Derived from text, so outside the content checksum.
 
-Splits are ``train``, ``valid`` and ``test``.
+Splits are ``train``, ``valid`` and ``test``. Files without token groups are still version 1.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -53,22 +58,69 @@ class SplitArrays:
 
 
 def content_checksum(splits: dict[str, SplitArrays]) -> str:
-    """sha256 over every split's ids, text, labels, lengths and features, in a fixed order."""
+    """sha256 over every split's ids, text, labels, lengths and features (as stored), in a fixed order."""
     h = hashlib.sha256()
     for name in sorted(splits):
         s = splits[name]
         h.update(name.encode())
         h.update("\x1f".join(s.ids).encode())
         h.update("\x1f".join(s.text).encode())
-        for arr in (s.labels, s.lengths, s.audio, s.video, s.text_features, s.text_lengths):
+        # Hash the dtypes the file stores, so a checksum recomputed from a read split matches.
+        for arr, dtype in ((s.labels, np.float32), (s.lengths, np.int32), (s.audio, np.float32),
+                           (s.video, np.float32), (s.text_features, np.float32), (s.text_lengths, np.int32)):
             if arr is not None:
-                h.update(np.ascontiguousarray(arr).tobytes())
+                h.update(np.ascontiguousarray(arr, dtype=dtype).reshape(-1).view(np.uint8))
     return h.hexdigest()
 
 
+@dataclass
+class StoredTokens:
+    """One split's texts tokenized by one tokenizer: ids [N, L] padded with ``pad_id``, lengths [N]."""
+    tokenizer: str          # the name or folder given to prepare
+    fingerprint: str        # sati.data.pretokenize.tokenizer_fingerprint
+    max_length: int         # truncation length, specials included
+    pad_id: int
+    truncated: int          # samples cut to max_length
+    ids: np.ndarray
+    lengths: np.ndarray
+
+    def checksum(self) -> str:
+        h = hashlib.sha256(np.ascontiguousarray(self.ids, dtype=np.int32).tobytes())
+        h.update(np.ascontiguousarray(self.lengths, dtype=np.int32).tobytes())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TokensInfo:
+    """A stored token group's attributes (no arrays): where it is and what made it."""
+    split: str
+    key: str
+    tokenizer: str
+    fingerprint: str
+    max_length: int
+    pad_id: int
+    truncated: int
+    checksum: str
+    shape: tuple[int, int]
+
+
+def _tokens_key(tokenizer: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", tokenizer).strip("_") or "tokenizer"
+    return slug if slug == tokenizer else f"{slug[-40:]}-{hashlib.sha1(tokenizer.encode()).hexdigest()[:8]}"
+
+
+def _write_tokens(group: h5py.Group, t: StoredTokens) -> None:
+    g = group.require_group("tokens").create_group(_tokens_key(t.tokenizer))
+    g.create_dataset("ids", data=np.asarray(t.ids, dtype=np.int32))
+    g.create_dataset("lengths", data=np.asarray(t.lengths, dtype=np.int32))
+    g.attrs.update(tokenizer=t.tokenizer, fingerprint=t.fingerprint, max_length=int(t.max_length),
+                   pad_id=int(t.pad_id), truncated=int(t.truncated), checksum=t.checksum())
+
+
 def write_dataset(path: str | Path, splits: dict[str, SplitArrays], *, name: str,
-                  provenance: dict, missing_modalities: tuple[str, ...] = ()) -> str:
-    """Write ``splits`` atomically (temp file + rename) and return the content checksum."""
+                  provenance: dict, missing_modalities: tuple[str, ...] = (),
+                  tokens: Optional[dict[str, list[StoredTokens]]] = None) -> str:
+    """Write ``splits`` (and ``tokens`` per split) atomically (temp file + rename); return the content checksum."""
     path = Path(path)
     for split in SPLITS:
         if split not in splits:
@@ -95,6 +147,8 @@ def write_dataset(path: str | Path, splits: dict[str, SplitArrays], *, name: str
             if s.text_features is not None:
                 g.create_dataset("text_features", data=s.text_features.astype(np.float32))
                 g.create_dataset("text_lengths", data=s.text_lengths.astype(np.int32))
+            for t in (tokens or {}).get(split_name, ()):
+                _write_tokens(g, t)
     os.replace(tmp, path)
     return checksum
 
@@ -156,11 +210,42 @@ def read_split(path: str | Path, split: str) -> SplitArrays:
             audio=g["audio"][()], video=g["video"][()],
             text_features=g["text_features"][()] if "text_features" in g else None,
             text_lengths=g["text_lengths"][()].astype(np.int64) if "text_lengths" in g else None)
-    _check_split(path, split, s)
+    check_split(path, split, s)
     return s
 
 
-def _check_split(path: Path, split: str, s: SplitArrays) -> None:
+def list_tokens(path: str | Path, split: str) -> list[TokensInfo]:
+    """The token groups stored for ``split`` (attributes only)."""
+    path = Path(path)
+    with _open(path) as f:
+        if split not in f or "tokens" not in f[split]:
+            return []
+        out = []
+        for key, g in f[split]["tokens"].items():
+            a = g.attrs
+            out.append(TokensInfo(split=split, key=key, tokenizer=str(a["tokenizer"]),
+                                  fingerprint=str(a["fingerprint"]), max_length=int(a["max_length"]),
+                                  pad_id=int(a["pad_id"]), truncated=int(a["truncated"]),
+                                  checksum=str(a["checksum"]), shape=tuple(g["ids"].shape)))
+        return out
+
+
+def read_tokens(path: str | Path, info: TokensInfo) -> StoredTokens:
+    """The arrays of one stored token group, checked against the split's size."""
+    path = Path(path)
+    with _open(path) as f:
+        g = f[info.split]["tokens"][info.key]
+        ids, lengths = g["ids"][()].astype(np.int64), g["lengths"][()].astype(np.int64)
+        n = len(f[info.split]["labels"])
+    if len(ids) != n or len(lengths) != n or (n and (lengths.min() < 1 or lengths.max() > ids.shape[1])):
+        raise DataError(f"{path}: '{info.split}/tokens/{info.key}' does not fit the split ({len(ids)} rows, "
+                        f"{n} samples); re-run `sati data prepare`")
+    return StoredTokens(tokenizer=info.tokenizer, fingerprint=info.fingerprint, max_length=info.max_length,
+                        pad_id=info.pad_id, truncated=info.truncated, ids=ids, lengths=lengths)
+
+
+def check_split(path: Path | str, split: str, s: SplitArrays) -> None:
+    """Raise ``DataError`` unless the split's arrays agree: rows, labels in [-3, 3], lengths, unique ids."""
     n = len(s.labels)
     sizes = {"ids": len(s.ids), "text": len(s.text), "lengths": len(s.lengths),
              "audio": len(s.audio), "video": len(s.video)}
@@ -179,4 +264,9 @@ def _check_split(path: Path, split: str, s: SplitArrays) -> None:
     if s.lengths.min() < 1 or s.lengths.max() > t_max:
         raise DataError(f"{path}: '{split}/lengths' must be in [1, {t_max}] (the padded audio/video length)")
     if len(set(s.ids)) != n:
-        raise DataError(f"{path}: '{split}/ids' has {n - len(set(s.ids))} duplicate ids")
+        seen, dup = set(), []
+        for i in s.ids:
+            if i in seen and i not in dup:
+                dup.append(i)
+            seen.add(i)
+        raise DataError(f"{path}: '{split}/ids' has {n - len(set(s.ids))} duplicate ids (e.g. {', '.join(dup[:5])})")

@@ -1,6 +1,8 @@
-"""From ``cfg.data`` to batches: open the dataset file once, tokenize each split once.
+"""From ``cfg.data`` to batches: open the dataset file once, tokenize each split at most once.
 
-The trainer asks for ``("train", "valid")``; only evaluation asks for ``"test"``.
+Text tokenized by ``sati data prepare --tokenizer`` is read from the file when it matches the
+model's tokenizer and ``data.max_text_tokens`` (``sati.data.pretokenize``); otherwise each split is
+tokenized here, once. The trainer asks for ``("train", "valid")``; only evaluation asks for ``"test"``.
 """
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from sati.config import PipelineConfig
+from sati.data.checks import check_feature_dims
 from sati.data.dataset import SplitDataset, tokenize
 from sati.data.h5format import DataError, DatasetInfo, read_info, read_split
+from sati.data.pretokenize import stored_tokens, tokenizer_fingerprint
 from sati.model.text import PRECOMPUTED, load_tokenizer
 
 
@@ -29,18 +33,27 @@ def ensure_dataset(cfg: PipelineConfig) -> Path:
 
 def load_split_datasets(cfg: PipelineConfig, splits: Iterable[str], tokenizer=None
                         ) -> tuple[dict[str, SplitDataset], DatasetInfo]:
-    """Read ``splits`` from the dataset file and tokenize each once with the model's tokenizer."""
+    """Read ``splits`` from the dataset file; tokens from the file when they fit, else tokenized once."""
     path = ensure_dataset(cfg)
     info = read_info(path)
+    check_feature_dims(str(path), info.audio_dim, info.video_dim,
+                       audio_heads=cfg.model.audio_heads, video_heads=cfg.model.video_heads)
+    if info.missing_modalities:
+        print(f"data {path}: {' and '.join(info.missing_modalities)} absent (zeros in the file); "
+              "the model learns nothing from them", file=sys.stderr)
     precomputed = cfg.model.text_encoder == PRECOMPUTED
     if precomputed and not info.text_feature_dim:
         raise DataError(f"{path}: model.text_encoder = 'precomputed' but the file has no text_features")
     if not precomputed and tokenizer is None:
         tokenizer = load_tokenizer(cfg.model.text_encoder)
+    fingerprint = None if precomputed else tokenizer_fingerprint(tokenizer)
     out = {}
     for split in splits:
         arrays = read_split(path, split)
-        tokens = None if precomputed else tokenize(tokenizer, arrays.text, cfg.data.max_text_tokens)
+        tokens = None
+        if not precomputed:
+            tokens = (stored_tokens(path, split, fingerprint, cfg.data.max_text_tokens)
+                      or tokenize(tokenizer, arrays.text, cfg.data.max_text_tokens))
         out[split] = SplitDataset(arrays, tokens)
     return out, info
 

@@ -1,0 +1,1 @@
+"""Hyperparameter search: spaces (space.py), Ray Tune (tune.py), orchestration (runner.py)."""

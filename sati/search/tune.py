@@ -1,0 +1,237 @@
+"""Every Ray call of the project: the trainable, its reporter, the searcher, the Tuner.
+
+A trial is ``train_trial(config)``: it applies the sampled dotted keys to the base pipeline, trains
+with ``sati.trainer.fit`` on the train and validation splits only, and reports each epoch to Tune
+with a checkpoint (``last.pt`` to resume, ``best.pt`` to promote). The MLflow side runs on the
+driver (``TrackingCallback``), so runs end properly even when a scheduler stops a trial.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import ray
+from ray import tune
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from sati.config import PipelineConfig, flatten, from_dict
+from sati.search.space import SearchSpace
+from sati.tracking import TrialRuns
+
+FINISHED = "trainer/finished"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside a trial (worker process)
+
+class TuneReporter:
+    """Reports each epoch's metrics and checkpoint files to Tune (no progress bars in trials)."""
+
+    def progress(self, batches, total, desc):
+        return batches
+
+    def on_epoch_end(self, epoch, metrics, checkpoint, is_best):
+        ckpt_dir = Path(checkpoint).parent
+        with tempfile.TemporaryDirectory() as d:
+            for name in ("last.pt", "best.pt", "best.json"):
+                if (ckpt_dir / name).exists():
+                    os.link(ckpt_dir / name, Path(d) / name) if _same_fs(ckpt_dir, d) else \
+                        shutil.copy2(ckpt_dir / name, Path(d) / name)
+            node = ray.get_runtime_context().get_node_id()
+            tune.report({**_plain(metrics), "node_id": node}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _same_fs(a, b) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def _plain(metrics: dict) -> dict:
+    return {k: (float("nan") if v is None else v) for k, v in metrics.items()}
+
+
+def train_trial(config: dict[str, Any], base: dict) -> None:
+    """Ray function trainable: ``config`` holds the sampled ``{dotted key: value}``."""
+    from sati.trainer import fit
+    sampled = {k: v for k, v in config.items() if "." in k}
+    cfg = from_dict(base, "search pipeline").replace(sampled, source="sampled trial")
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    cfg = cfg.replace({"train.out_dir": str(trial_dir / "train"),
+                       "train.selection_metric": cfg.search.metric, "train.selection_mode": cfg.search.mode})
+    resume = None
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            local = trial_dir / "restored"
+            local.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(d) / "last.pt", local / "last.pt")
+            if (Path(d) / "best.pt").exists():
+                (trial_dir / "train" / "checkpoints").mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(d) / "best.pt", trial_dir / "train" / "checkpoints" / "best.pt")
+            resume = local / "last.pt"
+    fit(cfg, TuneReporter(), resume=resume)
+
+
+# ---------------------------------------------------------------------------------------------
+# Searcher: Optuna (seeded TPE), told PRUNED when a scheduler stopped the trial
+
+class _DefineByRun:
+    """A picklable define-by-run function for OptunaSearch."""
+
+    def __init__(self, space: SearchSpace, base: PipelineConfig):
+        self.space, self.base = space, base
+
+    def __call__(self, trial):
+        return self.space.sample(trial, self.base)
+
+
+class StopAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna PRUNED, not COMPLETE with a truncated value, for trials a
+    scheduler stopped before the trainer finished (Ray's default treats them as complete)."""
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
+        if (result and not error and not result.get(FINISHED) and trial_id in self._ot_trials
+                and trial_id not in self._completed_trials):
+            import optuna
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    @property
+    def study(self):
+        return self._ot_study
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side: MLflow runs follow Tune's trial events
+
+class TrackingCallback(tune.Callback):
+    """One MLflow child run per trial: params, per-epoch metrics, best checkpoint, learning curve."""
+
+    def __init__(self, runs: TrialRuns, base: dict, metric: str):
+        self.runs, self.base, self.metric = runs, base, metric
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        sampled = {k: v for k, v in trial.config.items() if "." in k}
+        resolved = from_dict(self.base, "search pipeline").replace(sampled, source="sampled trial")
+        self.runs.start(trial.trial_id, str(trial), flatten(resolved.to_dict()), sampled=sampled)
+
+    on_trial_restore = on_trial_start
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if trial.trial_id not in self.runs.runs:
+            self.on_trial_start(iteration, trials, trial)
+        self.runs.log_epoch(trial.trial_id, result)
+        if result.get("node_id"):
+            self.runs.tag(trial.trial_id, "sati.node_id", result["node_id"])
+
+    def _finish(self, trial, status: str, reason: Optional[str]):
+        ckpt = trial.checkpoint
+        if ckpt is not None:
+            try:
+                with ckpt.as_directory() as d:
+                    if (Path(d) / "best.pt").exists():
+                        self.runs.log_checkpoint(trial.trial_id, Path(d) / "best.pt")
+            except Exception as err:  # the search goes on; the run says what is missing
+                reason = (reason or "") + f" (checkpoint upload failed: {err})"
+        self.runs.finish(trial.trial_id, status, reason, self.metric)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        self._finish(trial, "finished" if last.get(FINISHED) else "stopped",
+                     None if last.get(FINISHED) else "stopped early by the scheduler")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, "failed", _error_text(trial))
+
+    def get_state(self):
+        return {"runs": self.runs.runs}
+
+    def set_state(self, state):
+        self.runs.runs.update(state.get("runs", {}))
+
+
+def _error_text(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).exists():
+        text = Path(path).read_text().strip().splitlines()
+        return " | ".join(text[-3:]) if text else "trial raised"
+    return "trial raised an error"
+
+
+# ---------------------------------------------------------------------------------------------
+# The Tuner
+
+def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> bool:
+    """Connect to ``address``, or start a local Ray bound to 127.0.0.1; True if we started it."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if address:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        ray.init(address=address, log_to_driver=False)
+        return False
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")                    # the compact CLIReporter table
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def shutdown_ray() -> None:
+    ray.shutdown()
+
+
+def _scheduler(cfg: PipelineConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+    s = cfg.search
+    if s.scheduler == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
+                             grace_period=min(s.grace_period, cfg.train.epochs), reduction_factor=s.reduction_factor)
+    if s.scheduler == "hyperband":
+        return HyperBandScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
+                                  reduction_factor=s.reduction_factor)
+    return FIFOScheduler()
+
+
+def _progress_table(cfg: PipelineConfig, space: SearchSpace):
+    """The live table: trials, state, epoch, best validation metric, sampled values."""
+    return tune.CLIReporter(metric_columns={"epoch": "epoch", tune_metric(cfg): f"best {cfg.search.metric}"},
+                            parameter_columns=space.keys, max_report_frequency=15, sort_by_metric=True)
+
+
+def tune_metric(cfg: PipelineConfig) -> str:
+    """Tune and Optuna see the trial's best-so-far validation value (comparable at every rung)."""
+    return f"best/{cfg.search.metric}"
+
+
+def build_tuner(cfg: PipelineConfig, space: SearchSpace, storage_path: str, name: str,
+                runs: TrialRuns) -> tune.Tuner:
+    import optuna
+    s = cfg.search
+    searcher = StopAwareOptunaSearch(space=_DefineByRun(space, cfg), metric=tune_metric(cfg), mode=s.mode,
+                                     sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+                                     points_to_evaluate=[space.defaults(cfg)] if space.defaults(cfg) else None)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, base=cfg.to_dict()),
+                                    {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(metric=tune_metric(cfg), mode=s.mode, num_samples=s.num_samples,
+                                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
+                                    scheduler=_scheduler(cfg), time_budget_s=s.time_budget_s),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage_path, callbacks=[TrackingCallback(runs, cfg.to_dict(), s.metric)],
+            progress_reporter=_progress_table(cfg, space),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1))
+
+
+def restore_tuner(search_dir: str, cfg: PipelineConfig) -> tune.Tuner:
+    if not tune.Tuner.can_restore(search_dir):
+        raise ValueError(f"{search_dir}: no restorable Ray Tune experiment state here")
+    return tune.Tuner.restore(search_dir, trainable=tune.with_resources(
+        tune.with_parameters(train_trial, base=cfg.to_dict()),
+        {"cpu": cfg.search.resources.cpu, "gpu": cfg.search.resources.gpu}),
+        resume_unfinished=True, resume_errored=False, restart_errored=False)
