@@ -20,7 +20,7 @@ def mmsa_split(n: int, *, t: int = 8, d_a: int = 5, d_v: int = 20, d_t: int = 16
     lengths = rng.integers(3, t + 1, size=n)
     mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
     text_bert = np.stack([rng.integers(100, 2000, (n, t)) * mask, mask, np.zeros((n, t), np.int64)], 1)
-    t_a, t_v = (t + 7, t + 12) if unaligned else (t, t)
+    t_a, t_v = (2 * t + 3, t + 12) if unaligned else (t, t)
     audio = rng.standard_normal((n, t_a, d_a)).astype(np.float32)
     audio[:, 0, 0] = -np.inf
     vision = rng.standard_normal((n, t_v, d_v)).astype(np.float32)

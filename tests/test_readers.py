@@ -19,7 +19,7 @@ from sati.data.readers.folds import load_folds
 from sati.data.readers.label_csv import read_label_csv
 from sati.data.readers.sdk import MissingTextError, label_segments, read_sdk
 from sati.data.synth import generate
-from tests.source_files import write_csd, write_misa, write_mmsa
+from tests.source_files import mmsa_split, write_csd, write_misa, write_mmsa
 
 MISSING_FROM_CSV = ["2WGyTLYerpo_44", "5W7Z1C_fDaE_24", "BioHAh1qJAQ_30", "lXPQBPVc5Cw_30"]
 
@@ -184,21 +184,23 @@ def test_mmsa_aligned(tmp_path):
 
 
 def test_mmsa_unaligned_refused_or_pooled(tmp_path):
-    path = write_mmsa(tmp_path / "unaligned_50.pkl", unaligned=True)
-    with pytest.raises(DataError, match=r"unaligned_50\.pkl: 'train' is unaligned \(audio 15 steps, vision 20\).*"
+    data = {name: mmsa_split(n, unaligned=True, seed=i) for i, (name, n) in enumerate((("train", 6), ("valid", 3), ("test", 3)))}
+    train_raw = data["train"]
+    n0, n1 = train_raw["text_bert"][:2, 1].sum(1)
+    train_raw["audio_lengths"][:2] = [2 * n0, 1]        # sample 0: two frames per step; sample 1: fewer frames than steps
+    train_raw["vision_lengths"][:2] = [n0, n1]          # one frame per step
+    path = tmp_path / "unaligned_50.pkl"
+    path.write_bytes(pickle.dumps(data))
+    with pytest.raises(DataError, match=r"unaligned_50\.pkl: 'train' is unaligned \(audio 19 steps, vision 20\).*"
                                         r"aligned_50\.pkl.*--pool-unaligned"):
         read_source("mmsa", path)
-    source = read_source("mmsa", path, pool_unaligned=True)
-    with open(path, "rb") as f:
-        raw = pickle.load(f)["train"]
-    train = source.splits["train"]
-    n_text = raw["text_bert"][0, 1].sum()
-    assert train.lengths[0] == n_text and train.audio.shape[1] == train.video.shape[1]
-    a_len = raw["audio_lengths"][0]
-    frames = np.nan_to_num(raw["audio"][0, :a_len], neginf=0.0)
-    np.testing.assert_allclose(train.audio[0, :n_text].mean(0) if a_len >= n_text else train.audio[0, 0],
-                               frames.mean(0) if a_len >= n_text and a_len % n_text == 0 else train.audio[0, 0],
-                               rtol=1e-5, atol=1e-6)
+    train = read_source("mmsa", path, pool_unaligned=True).splits["train"]
+    assert train.lengths[:2].tolist() == [n0, n1] and train.audio.shape[1] == train.video.shape[1] == 8
+    audio = np.nan_to_num(train_raw["audio"][0], neginf=0.0)
+    np.testing.assert_allclose(train.audio[0, :n0], (audio[0:2 * n0:2] + audio[1:2 * n0:2]) / 2, rtol=1e-5)
+    np.testing.assert_allclose(train.video[0, :n0], np.nan_to_num(train_raw["vision"][0, :n0]))
+    np.testing.assert_allclose(train.audio[1, :n1], np.repeat(np.nan_to_num(train_raw["audio"][1, :1], neginf=0.0), n1, 0))
+    assert not train.audio[0, n0:].any()
 
 
 def test_misa_pickles(tmp_path):

@@ -1,1 +1,1 @@
-"""Dataset file format, generated data, and batching."""
+"""Dataset file format, readers of other tools' files, generated data, and batching."""

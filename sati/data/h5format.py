@@ -167,7 +167,8 @@ class DatasetInfo:
 
 def _open(path: Path) -> h5py.File:
     if not path.is_file():
-        raise DataError(f"{path}: dataset file not found (create one with `sati data synth --out {path}`)")
+        raise DataError(f"{path}: dataset file not found (create one with `sati data prepare ... --out {path}` "
+                        f"or `sati data synth --out {path}`)")
     try:
         f = h5py.File(path, "r")
     except OSError as err:
@@ -263,6 +264,10 @@ def check_split(path: Path | str, split: str, s: SplitArrays) -> None:
     t_max = min(s.audio.shape[1], s.video.shape[1])
     if s.lengths.min() < 1 or s.lengths.max() > t_max:
         raise DataError(f"{path}: '{split}/lengths' must be in [1, {t_max}] (the padded audio/video length)")
+    if s.text_features is not None and (s.text_lengths is None or len(s.text_lengths) != n or s.text_lengths.min() < 1
+                                        or s.text_lengths.max() > s.text_features.shape[1]):
+        raise DataError(f"{path}: '{split}/text_lengths' must have one value per sample in "
+                        f"[1, {s.text_features.shape[1]}] (the padded text_features length)")
     if len(set(s.ids)) != n:
         seen, dup = set(), []
         for i in s.ids:

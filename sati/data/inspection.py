@@ -26,7 +26,7 @@ def inspect_dataset(path: str | Path) -> tuple[list[str], bool]:
         words = np.array([len(t.split()) for t in s.text])
         lines.append(f"{name:<6} {len(s):>7}  {_mmm(s.lengths):>22}  {_mmm(words):>18}")
     lines += ["", "labels, rounded to 7 classes (Acc-7 bins)",
-              f"{'split':<6} " + " ".join(f"{b:>+5d}" for b in BINS) + f"  {'mean':>6}"]
+              f"{'split':<6} " + " ".join(f"{b:>+5d}" if b else f"{b:>5d}" for b in BINS) + f"  {'mean':>6}"]
     for name, s in splits.items():
         counts = [(np.round(np.clip(s.labels, -3, 3)) == b).sum() for b in BINS]
         lines.append(f"{name:<6} " + " ".join(f"{c:>5d}" for c in counts) + f"  {s.labels.mean():>+6.3f}")

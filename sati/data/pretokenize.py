@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from sati.data.dataset import Tokens, tokenize
 from sati.data.h5format import StoredTokens, list_tokens, read_tokens
 
@@ -42,7 +44,10 @@ def pretokenize(tokenizer, name: str, texts: list[str], max_tokens: int,
                 fingerprint: Optional[str] = None) -> StoredTokens:
     """Tokenize ``texts`` as the loader would (``tokenize``) and count the samples it truncates."""
     tokens = tokenize(tokenizer, texts, max_tokens)
-    truncated = int((tokenize(tokenizer, texts, max_tokens + 1).lengths > max_tokens).sum())
+    # Only a text that fills the budget may have been cut: tokenize those again with one more slot.
+    full = np.flatnonzero(tokens.lengths >= max_tokens)
+    truncated = int((tokenize(tokenizer, [texts[i] for i in full], max_tokens + 1).lengths > max_tokens).sum()) \
+        if len(full) else 0
     return StoredTokens(tokenizer=name, fingerprint=fingerprint or tokenizer_fingerprint(tokenizer),
                         max_length=max_tokens, pad_id=tokens.pad_id, truncated=truncated,
                         ids=tokens.ids, lengths=tokens.lengths)

@@ -105,10 +105,14 @@ def _split(path: Path, raw: str, d: dict, pool_unaligned: bool, notes: list[str]
         keep = (np.arange(t)[None, :] < lengths[:, None])[..., None]
         audio, video = audio * keep, video * keep
 
-    ids = [str(x).replace("$_$", "_") for x in d["id"]]
-    text = [str(x) for x in d["raw_text"]]
+    ids = [_str(x).replace("$_$", "_") for x in d["id"]]
+    text = [_str(x) for x in d["raw_text"]]
     return SplitArrays(ids=ids, text=text, labels=labels, lengths=lengths, audio=audio, video=video,
                        text_features=text_features, text_lengths=text_lengths)
+
+
+def _str(x) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
 
 
 def _lengths(d: dict, key: str, x: np.ndarray) -> np.ndarray:

@@ -45,6 +45,8 @@ def read_sdk(path: str | Path, *, text_csv: Optional[str | Path] = None, folds: 
              drop_missing_text: bool = False) -> Source:
     """Read an SDK folder (or its label ``.csd``) into canonical splits."""
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: not found (expected an SDK folder of .csd files, or its label .csd)")
     files = find_csd_files(path.parent if path.is_file() else path)
     if path.is_file():
         files["labels"] = path
