@@ -185,25 +185,27 @@ def test_interrupted_search_resumes_with_one_run_per_trial(tmp_path, synth_path,
     driver = subprocess.Popen([sys.executable, "-m", "sati.cli", "search", str(pipeline)], cwd=tmp_path,
                               stdout=log, stderr=subprocess.STDOUT, env=loopback_env(), start_new_session=True)
     client = MlflowClient(mlflow_server.uri)
+    experiment = [client.get_experiment_by_name("test-search").experiment_id]
     deadline = time.time() + 300
-    killed = False
+    killed, parent_id = False, None
     while time.time() < deadline and driver.poll() is None:
         time.sleep(1)
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                  "tags.`sati.role` = 'trial' and attributes.status = 'RUNNING'")
-        mine = [r for r in runs if str(tmp_path) in (client.get_run(r.data.tags["mlflow.parentRunId"])
-                                                     .data.tags.get("sati.search_dir", ""))]
-        if any(client.get_metric_history(r.info.run_id, "valid/mae") for r in mine):
+        parents = [r for r in client.search_runs(experiment, "tags.`sati.role` = 'search'")
+                   if r.data.tags["sati.search_dir"].startswith(str(tmp_path))]
+        if not parents:
+            continue
+        parent_id = parents[0].info.run_id
+        if any(client.get_metric_history(r.info.run_id, "valid/mae") for r in _children(client, parent_id)):
             os.killpg(driver.pid, signal.SIGKILL)     # the driver and its local Ray, as a crash would
             driver.wait()
             killed = True
             break
     log.close()
     assert killed, (tmp_path / "first.log").read_text()[-3000:]
-    search_dir = next((tmp_path / "ray").iterdir())
-    out = run_sati(["search", "--resume", str(search_dir)], cwd=tmp_path)
+    assert client.get_run(parent_id).info.status == "RUNNING"       # the crash left it open
+    out = run_sati(["search", "--resume", parent_id, "--tracking-uri", mlflow_server.uri], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    parent_id = _parent_id(out.stdout)
+    assert _parent_id(out.stdout) == parent_id
     children = _children(client, parent_id)
     trial_ids = [r.data.tags["sati.trial_id"] for r in children]
     assert len(trial_ids) == len(set(trial_ids)) == 4                  # one run per trial, none duplicated

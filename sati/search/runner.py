@@ -74,17 +74,9 @@ def run_search(cfg: PipelineConfig, console: Callable[[str], None] = print) -> S
         tracking.write_search_state(search_dir, {"parent_run_id": parent, "tracking_uri": uri,
                                                  "pipeline": cfg.to_dict(), "name": name})
     console(f"search {name}: MLflow parent run {parent} in experiment '{cfg.tracking.experiment}' at {uri}")
-    started = sati_tune.init_ray(cfg.search.ray_address)
-    try:
-        runs = tracking.TrialRuns(uri, parent)
-        tuner = sati_tune.build_tuner(cfg, space, cfg.search.storage_path, name, runs)
-        return _finish(cfg, space, uri, parent, search_dir, tuner.fit(), runs, console)
-    except BaseException:
-        tracking.end_run(uri, parent, "FAILED")
-        raise
-    finally:
-        if started:
-            sati_tune.shutdown_ray()
+    runs = tracking.TrialRuns(uri, parent)
+    return _drive(sati_tune, cfg, space, uri, parent, search_dir, console,
+                  lambda: sati_tune.build_tuner(cfg, space, cfg.search.storage_path, name, runs))
 
 
 def resume_search(target: str, tracking_uri: Optional[str] = None,
@@ -105,11 +97,15 @@ def resume_search(target: str, tracking_uri: Optional[str] = None,
     sati_tune = _import_tune(cfg.search.ray_address)
     tracking.reopen_search_run(uri, parent)
     console(f"resuming search {state['name']} (MLflow parent run {parent}) from {search_dir}")
+    return _drive(sati_tune, cfg, space, uri, parent, search_dir, console,
+                  lambda: sati_tune.restore_tuner(search_dir, cfg))
+
+
+def _drive(sati_tune, cfg, space, uri, parent, search_dir, console, make_tuner) -> SearchOutcome:
+    """Start (or join) Ray, fit, summarize; a search that dies marks its parent run FAILED."""
     started = sati_tune.init_ray(cfg.search.ray_address)
     try:
-        tuner = sati_tune.restore_tuner(search_dir, cfg)
-        results = tuner.fit()
-        return _finish(cfg, space, uri, parent, search_dir, results, tracking.TrialRuns(uri, parent), console)
+        return _finish(cfg, space, uri, parent, search_dir, make_tuner().fit(), console)
     except BaseException:
         tracking.end_run(uri, parent, "FAILED")
         raise
@@ -118,7 +114,7 @@ def resume_search(target: str, tracking_uri: Optional[str] = None,
             sati_tune.shutdown_ray()
 
 
-def _finish(cfg, space, uri, parent, search_dir, results, runs, console) -> SearchOutcome:
+def _finish(cfg, space, uri, parent, search_dir, results, console) -> SearchOutcome:
     """Close orphans, log the summary to the parent run, print the best trials."""
     from sati.search.tune import FINISHED, tune_metric
     metric = tune_metric(cfg)
