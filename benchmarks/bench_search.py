@@ -1,9 +1,11 @@
 """Per-trial overhead of `sati search` against the same trainings run in a plain loop.
 
-Workload: N trials of a fixed tiny training (tiny RoBERTa, a small generated dataset, 2 epochs),
-one trial at a time (max_concurrent 1, FIFO) so the comparison is like for like. Prints:
+Workload: trials of a fixed tiny training (tiny RoBERTa, a small generated dataset, 2 epochs),
+one trial at a time (max_concurrent 1, FIFO) so the comparison is like for like. Searches of N and
+2N trials separate the fixed cost (Ray start, MLflow parent run, summary plots) from the marginal
+cost per trial. Prints:
 - plain loop: seconds per training (build + fit in one process);
-- search: wall seconds per trial, overhead per trial = (search wall − plain loop) / N;
+- overhead per trial = (Δ search wall − Δ plain loop) / N;
 - share of worker time spent training = Σ trainer epoch time / Σ trial time (Tune's time_total_s).
 
     python benchmarks/bench_search.py [--trials 6]
@@ -11,6 +13,7 @@ one trial at a time (max_concurrent 1, FIFO) so the comparison is like for like.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -53,32 +56,39 @@ def main() -> None:
 
     import torch
     torch.set_num_threads(2)
-    start = time.perf_counter()
-    train_time = 0.0
-    for i in range(args.trials):
-        result = fit(cfg.replace({"train.out_dir": str(tmp / f"plain{i}")}))
-        train_time += sum(h["time/epoch_s"] for h in result.history)
-    plain = time.perf_counter() - start
 
-    start = time.perf_counter()
-    outcome = run_search(cfg, console=lambda s: None)
-    search = time.perf_counter() - start
+    def plain_loop(n: int) -> tuple[float, float]:
+        start, epochs = time.perf_counter(), 0.0
+        for i in range(n):
+            result = fit(cfg.replace({"train.out_dir": str(tmp / f"plain{n}-{i}")}))
+            epochs += sum(h["time/epoch_s"] for h in result.history)
+        return time.perf_counter() - start, epochs
 
-    import json
-    trial_total, trial_train = 0.0, 0.0
-    for result_file in Path(outcome.search_dir).rglob("result.json"):
-        lines = [json.loads(x) for x in result_file.read_text().splitlines() if x.strip()]
-        if lines:
-            trial_total += lines[-1]["time_total_s"]
-            trial_train += sum(x["time/epoch_s"] for x in lines)
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}")
-    print(f"plain loop : {args.trials} trainings in {plain:.1f} s ({plain / args.trials:.2f} s each; "
-          f"{train_time / args.trials:.2f} s of it in epochs)")
-    print(f"sati search: {args.trials} trials in {search:.1f} s ({search / args.trials:.2f} s each) "
-          f"incl. Ray start, MLflow parent run and summary")
-    print(f"overhead per trial: {(search - plain) / args.trials:.2f} s (goal <= 2 s)")
-    print(f"worker time spent training: {100 * trial_train / max(trial_total, 1e-9):.0f} % "
-          f"({trial_train:.1f} s of {trial_total:.1f} s)")
+    def search(n: int) -> tuple[float, float, float]:
+        start = time.perf_counter()
+        outcome = run_search(cfg.replace({"search.num_samples": n}), console=lambda s: None)
+        wall = time.perf_counter() - start
+        total = train = 0.0
+        for result_file in Path(outcome.search_dir).rglob("result.json"):
+            lines = [json.loads(x) for x in result_file.read_text().splitlines() if x.strip()]
+            if lines:
+                total += lines[-1]["time_total_s"]
+                train += sum(x["time/epoch_s"] for x in lines)
+        return wall, total, train
+
+    n1, n2 = args.trials, 2 * args.trials
+    (p1, e1), (p2, e2) = plain_loop(n1), plain_loop(n2)
+    search(1)                                     # warm-up: file caches, first Ray start
+    (s1, t1, r1), (s2, t2, r2) = search(n1), search(n2)
+    marginal = ((s2 - s1) - (p2 - p1)) / (n2 - n1)
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}; trials run one at a time")
+    print(f"plain loop : {n1} trainings {p1:.1f} s, {n2} trainings {p2:.1f} s ({(p2 - p1) / (n2 - n1):.2f} s each)")
+    print(f"sati search: {n1} trials {s1:.1f} s, {n2} trials {s2:.1f} s ({(s2 - s1) / (n2 - n1):.2f} s each; "
+          f"the rest is fixed: Ray start, MLflow parent run, summary plots)")
+    print(f"overhead per trial (marginal): {marginal:.2f} s (goal <= 2 s)")
+    print(f"fixed cost of a search: {s1 - n1 * (s2 - s1) / (n2 - n1):.1f} s")
+    print(f"worker time spent training ({n2} trials): {100 * r2 / max(t2, 1e-9):.0f} % ({r2:.1f} s of {t2:.1f} s); "
+          f"worker-side overhead {(t2 - r2) / n2:.2f} s per trial (model build, checkpoints, reports)")
 
 
 if __name__ == "__main__":

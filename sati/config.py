@@ -132,6 +132,8 @@ class SearchConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     time_budget_s: Optional[float] = _spec(None, gt=0.0, help="stop starting trials after this many seconds")
     max_failures: int = _spec(1, ge=0, help="retries of a trial after an infrastructure failure")
+    reuse_actors: bool = _spec(True, help="run successive trials in the same worker process (saves the "
+                                          "per-trial start-up); false gives each trial a fresh process")
     storage_path: str = _spec("runs/search", help="local dir, shared mount, or s3:// / gs:// URI for checkpoints")
     ray_address: Optional[str] = _spec(None, help="Ray cluster address (ray://host:10001, host:6379, auto); "
                                                   "none starts a local Ray for the search")

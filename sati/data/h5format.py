@@ -12,10 +12,10 @@ Layout (format version 1)::
     /<split>/video          [N, T, D_v] float32, zero beyond each length
     /<split>/text_features  [N, T_t, D_t] float32 (optional: precomputed text features)
     /<split>/text_lengths   [N] int32 (with text_features)
-/<split>/tokens/<key>/  optional, one group per tokenizer (written by ``sati data prepare --tokenizer``):
-    ids [N, L] int32 (padded with pad_id), lengths [N] int32; attrs tokenizer (name as given),
-    fingerprint (of the tokenizer's vocabulary and rules), max_length, pad_id, truncated (count),
-    checksum (sha256 of ids and lengths). Derived from text, so outside the content checksum.
+    /<split>/tokens/<key>/  optional, one group per tokenizer (``sati data prepare --tokenizer``):
+        ids [N, L] int32 padded with pad_id, lengths [N] int32; attrs tokenizer (name as given),
+        fingerprint (vocabulary and rules), max_length, pad_id, truncated (count), checksum
+        (sha256 of ids and lengths). Derived from text, so outside the content checksum.
 
 Splits are ``train``, ``valid`` and ``test``. Files without token groups are still version 1.
 """

@@ -61,6 +61,11 @@ def train_trial(config: dict[str, Any], base: dict) -> None:
     trial_dir = Path(tune.get_context().get_trial_dir())
     cfg = cfg.replace({"train.out_dir": str(trial_dir / "train"),
                        "train.selection_metric": cfg.search.metric, "train.selection_mode": cfg.search.mode})
+    gpu = cfg.search.resources.gpu
+    if 0 < gpu < 1:   # Ray does not isolate GPU memory between trials that share a GPU
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(gpu * 0.95)
     resume = None
     restored = tune.get_checkpoint()
     if restored is not None:
@@ -72,7 +77,22 @@ def train_trial(config: dict[str, Any], base: dict) -> None:
                 (trial_dir / "train" / "checkpoints").mkdir(parents=True, exist_ok=True)
                 shutil.copy2(Path(d) / "best.pt", trial_dir / "train" / "checkpoints" / "best.pt")
             resume = local / "last.pt"
-    fit(cfg, TuneReporter(), resume=resume)
+    datasets, info = _cached_datasets(cfg)
+    fit(cfg, TuneReporter(), resume=resume, datasets=datasets, info=info)
+
+
+_DATA_CACHE: dict = {}
+
+
+def _cached_datasets(cfg: PipelineConfig):
+    """Train/valid splits, read and tokenized once per worker process (trials reuse workers)."""
+    from sati.data.loaders import load_split_datasets
+    path = Path(cfg.data.path)
+    key = (str(path), path.stat().st_mtime_ns, cfg.model.text_encoder, cfg.data.max_text_tokens)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = load_split_datasets(cfg, ("train", "valid"))
+    return _DATA_CACHE[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,7 +146,7 @@ class TrackingCallback(tune.Callback):
         if trial.trial_id not in self.runs.runs:
             self.on_trial_start(iteration, trials, trial)
         self.runs.log_epoch(trial.trial_id, result)
-        if result.get("node_id"):
+        if result.get("node_id") and result.get("iterations_since_restore") == 1:
             self.runs.tag(trial.trial_id, "sati.node_id", result["node_id"])
 
     def _finish(self, trial, status: str, reason: Optional[str]):
@@ -220,7 +240,8 @@ def build_tuner(cfg: PipelineConfig, space: SearchSpace, storage_path: str, name
         trainable,
         tune_config=tune.TuneConfig(metric=tune_metric(cfg), mode=s.mode, num_samples=s.num_samples,
                                     search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
-                                    scheduler=_scheduler(cfg), time_budget_s=s.time_budget_s),
+                                    scheduler=_scheduler(cfg), time_budget_s=s.time_budget_s,
+                                    reuse_actors=s.reuse_actors),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=[TrackingCallback(runs, cfg.to_dict(), s.metric)],
             progress_reporter=_progress_table(cfg, space),
