@@ -178,18 +178,23 @@ class PipelineConfig:
 # Loading and validation
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> PipelineConfig:
-    """Read a pipeline YAML, apply ``key=value`` overrides, and validate everything."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """A YAML file whose top level is a mapping (empty file: {}), with named errors."""
     if not path.is_file():
-        raise ConfigError(f"{path}: pipeline file not found")
+        raise ConfigError(f"{path}: {what} file not found")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
-    cfg = from_dict(raw, str(path))
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> PipelineConfig:
+    """Read a pipeline YAML, apply ``key=value`` overrides, and validate everything."""
+    path = Path(path)
+    cfg = from_dict(read_yaml_mapping(path, "pipeline"), str(path))
     if overrides:
         cfg = cfg.replace(parse_overrides(overrides) if isinstance(overrides, list) else overrides,
                           source=f"{path} (--set)")

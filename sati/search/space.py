@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sati.config import ConfigError, PipelineConfig, closest_key, flatten, valid_keys
+from sati.config import ConfigError, PipelineConfig, closest_key, flatten, read_yaml_mapping, valid_keys
 
 KINDS = ("uniform", "loguniform", "int", "choice")
 
@@ -92,13 +90,8 @@ def _condition_holds(when: dict, sampled: dict, base: PipelineConfig) -> bool:
 def load_space(path: str | Path, base: PipelineConfig | None = None) -> SearchSpace:
     """Read and validate a space file: known keys, known distributions, bounds the config accepts."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: search space file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict) or not raw:
+    raw = read_yaml_mapping(path, "search space")
+    if not raw:
         raise ConfigError(f"{path}: expected a mapping of dotted config keys to distributions")
     base = base or PipelineConfig()
     keys = set(valid_keys())
