@@ -5,13 +5,11 @@ Runs are found again by tags, so a restored search keeps one run per trial:
 """
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import yaml
 
@@ -240,18 +238,3 @@ def child_runs(uri: str, parent_run_id: str) -> list:
     parent = client.get_run(parent_run_id)
     return client.search_runs([parent.info.experiment_id],
                               filter_string=f"tags.`{PARENT}` = '{parent_run_id}'", max_results=10000)
-
-
-def write_search_state(search_dir: str | Path, state: dict) -> None:
-    path = Path(search_dir) / "sati_search.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
-
-
-def read_search_state(search_dir: str | Path) -> dict:
-    path = Path(search_dir) / "sati_search.json"
-    if not path.is_file():
-        raise TrackingError(f"{search_dir}: not a sati search directory (no sati_search.json)")
-    return json.loads(path.read_text())

@@ -405,7 +405,6 @@ def test_discriminator_and_encoders_get_opposite_pressure(tiny_encoder_dir, toke
     the gradient on the shared projection reverses sign when reverse_grad_weight goes 1 → −1."""
     ds, audio_dim, video_dim = token_split
     batch = ds.collate(list(range(8)))
-    cfg = dataclasses.replace(LossConfig(), consistency_weight=0.0, temporal_weight=0.0, reconstruction_weight=0.0)
     grads = []
     for weight in (1.0, -1.0):
         model = tiny_model(str(tiny_encoder_dir), audio_dim=audio_dim, video_dim=video_dim)

@@ -4,6 +4,7 @@ Orchestration only: Ray lives in ``sati.search.tune``, MLflow in ``sati.tracking
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -71,7 +72,7 @@ def run_search(cfg: PipelineConfig, console: Callable[[str], None] = print) -> S
                                        space_path=cfg.search.space, data_checksum=info.checksum,
                                        search_dir=search_dir, versions=versions())
     if "://" not in search_dir:
-        tracking.write_search_state(search_dir, {"parent_run_id": parent, "tracking_uri": uri,
+        write_search_state(search_dir, {"parent_run_id": parent, "tracking_uri": uri,
                                                  "pipeline": cfg.to_dict(), "name": name})
     console(f"search {name}: MLflow parent run {parent} in experiment '{cfg.tracking.experiment}' at {uri}")
     runs = tracking.TrialRuns(uri, parent)
@@ -84,13 +85,13 @@ def resume_search(target: str, tracking_uri: Optional[str] = None,
     """Continue an interrupted search from its directory or its MLflow parent run id."""
     if Path(target).is_dir():
         search_dir = str(Path(target).resolve())
-        state = tracking.read_search_state(search_dir)
+        state = read_search_state(search_dir)
         uri, parent = state["tracking_uri"], state["parent_run_id"]
     else:
         uri = tracking_uri or tracking.default_uri()
         tags = tracking.find_search(uri, target)
         search_dir, parent = tags[tracking.SEARCH_DIR], target
-        state = tracking.read_search_state(search_dir)
+        state = read_search_state(search_dir)
     tracking.check_reachable(uri)
     cfg = from_dict(state["pipeline"], f"{search_dir}/sati_search.json")
     space = load_space(cfg.search.space, cfg)
@@ -145,6 +146,21 @@ def _finish(cfg, space, uri, parent, search_dir, results, console) -> SearchOutc
     console(f"\nsearch directory: {search_dir}\nMLflow parent run: {parent}\n"
             f"see it with: mlflow ui --backend-store-uri {uri}")
     return SearchOutcome(parent, uri, search_dir, rows, best)
+
+
+def write_search_state(search_dir: str | Path, state: dict) -> None:
+    path = Path(search_dir) / "sati_search.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
+
+
+def read_search_state(search_dir: str | Path) -> dict:
+    path = Path(search_dir) / "sati_search.json"
+    if not path.is_file():
+        raise tracking.TrackingError(f"{search_dir}: not a sati search directory (no sati_search.json)")
+    return json.loads(path.read_text())
 
 
 def _finite(v) -> bool:
