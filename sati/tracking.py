@@ -109,12 +109,14 @@ class TrialRuns:
         self.uri, self.parent = uri, parent_run_id
         self.runs: dict[str, str] = {}          # trial id → run id
         self.history: dict[str, list[dict]] = {}
+        self.nodes: dict[str, list[str]] = {}   # trial id → Ray nodes it ran on
 
     def __getstate__(self):   # Ray pickles callbacks with the experiment state
-        return {"uri": self.uri, "parent": self.parent, "runs": self.runs, "history": self.history}
+        return {"uri": self.uri, "parent": self.parent, "runs": self.runs, "history": self.history,
+                "nodes": self.nodes}
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        self.__dict__.update({"history": {}, "nodes": {}, **state})
 
     @property
     def client(self):
@@ -155,8 +157,13 @@ class TrialRuns:
         self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in numeric.items()])
         self.history[trial_id] = [h for h in self.history[trial_id] if h.get("epoch") != step] + [numeric]
 
-    def tag(self, trial_id: str, key: str, value: str) -> None:
-        self.client.set_tag(self.runs[trial_id], key, value)
+    def record_node(self, trial_id: str, node_id: str) -> None:
+        """Tag the Ray node a trial (re)started on: ``sati.node_id`` (last), ``sati.nodes`` (all)."""
+        self.nodes.setdefault(trial_id, [])
+        if node_id not in self.nodes[trial_id]:
+            self.nodes[trial_id].append(node_id)
+        self.client.set_tag(self.runs[trial_id], "sati.node_id", node_id)
+        self.client.set_tag(self.runs[trial_id], "sati.nodes", ",".join(self.nodes[trial_id]))
 
     def log_checkpoint(self, trial_id: str, checkpoint_file: str | Path) -> None:
         self.client.log_artifact(self.runs[trial_id], str(checkpoint_file), artifact_path="checkpoint")

@@ -200,7 +200,8 @@ def test_health_checks_and_start_order(compose_config):
 def test_mlflow_server_uses_postgres_basic_auth_and_proxied_artifacts(compose_config):
     mlflow = compose_config["services"]["mlflow"]
     script = " ".join(_script(mlflow).split())
-    for part in ("mlflow server --host 0.0.0.0 --port 5000", "--backend-store-uri", "postgresql://",
+    # psycopg2 named explicitly: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3
+    for part in ("mlflow server --host 0.0.0.0 --port 5000", "--backend-store-uri", "postgresql+psycopg2://",
                  "@postgres:5432", "--artifacts-destination /mlartifacts", "--app-name basic-auth",
                  "--allowed-hosts", "--workers"):
         assert part in script, f"mlflow command lacks {part!r}"

@@ -147,7 +147,7 @@ class TrackingCallback(tune.Callback):
             self.on_trial_start(iteration, trials, trial)
         self.runs.log_epoch(trial.trial_id, result)
         if result.get("node_id") and result.get("iterations_since_restore") == 1:
-            self.runs.tag(trial.trial_id, "sati.node_id", result["node_id"])
+            self.runs.record_node(trial.trial_id, result["node_id"])
 
     def _finish(self, trial, status: str, reason: Optional[str]):
         ckpt = trial.checkpoint
