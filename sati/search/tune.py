@@ -196,7 +196,8 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> bool:
         ray.init(address=address, log_to_driver=False)
         return False
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")                    # the compact CLIReporter table
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    # "local": always a new instance, never a cluster that `ray start` left on this machine
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     return True
 
 
