@@ -39,14 +39,17 @@ class TuneReporter:
         with tempfile.TemporaryDirectory() as d:
             for name in ("last.pt", "best.pt", "best.json"):
                 if (ckpt_dir / name).exists():
-                    os.link(ckpt_dir / name, Path(d) / name) if _same_fs(ckpt_dir, d) else \
-                        shutil.copy2(ckpt_dir / name, Path(d) / name)
+                    _link_or_copy(ckpt_dir / name, Path(d) / name)
             node = ray.get_runtime_context().get_node_id()
             tune.report({**_plain(metrics), "node_id": node}, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def _same_fs(a, b) -> bool:
-    return os.stat(a).st_dev == os.stat(b).st_dev
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where possible (Tune copies the directory to storage anyway)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _plain(metrics: dict) -> dict:
@@ -121,10 +124,6 @@ class StopAwareOptunaSearch(OptunaSearch):
             return
         super().on_trial_complete(trial_id, result=result, error=error)
 
-    @property
-    def study(self):
-        return self._ot_study
-
 
 # ---------------------------------------------------------------------------------------------
 # Driver side: MLflow runs follow Tune's trial events
@@ -191,11 +190,10 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")                    # the compact CLIReporter table
     if address:
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         ray.init(address=address, log_to_driver=False)
         return False
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")                    # the compact CLIReporter table
     # "local": always a new instance, never a cluster that `ray start` left on this machine
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     return True
@@ -232,13 +230,12 @@ def build_tuner(cfg: PipelineConfig, space: SearchSpace, storage_path: str, name
                 runs: TrialRuns) -> tune.Tuner:
     import optuna
     s = cfg.search
+    first = space.defaults(cfg)     # the pipeline's own values are the first point tried
     searcher = StopAwareOptunaSearch(space=_DefineByRun(space, cfg), metric=tune_metric(cfg), mode=s.mode,
                                      sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-                                     points_to_evaluate=[space.defaults(cfg)] if space.defaults(cfg) else None)
-    trainable = tune.with_resources(tune.with_parameters(train_trial, base=cfg.to_dict()),
-                                    {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
+                                     points_to_evaluate=[first] if first else None)
     return tune.Tuner(
-        trainable,
+        _trainable(cfg),
         tune_config=tune.TuneConfig(metric=tune_metric(cfg), mode=s.mode, num_samples=s.num_samples,
                                     search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
                                     scheduler=_scheduler(cfg), time_budget_s=s.time_budget_s,
@@ -253,7 +250,11 @@ def build_tuner(cfg: PipelineConfig, space: SearchSpace, storage_path: str, name
 def restore_tuner(search_dir: str, cfg: PipelineConfig) -> tune.Tuner:
     if not tune.Tuner.can_restore(search_dir):
         raise ValueError(f"{search_dir}: no restorable Ray Tune experiment state here")
-    return tune.Tuner.restore(search_dir, trainable=tune.with_resources(
-        tune.with_parameters(train_trial, base=cfg.to_dict()),
-        {"cpu": cfg.search.resources.cpu, "gpu": cfg.search.resources.gpu}),
-        resume_unfinished=True, resume_errored=False, restart_errored=False)
+    return tune.Tuner.restore(search_dir, trainable=_trainable(cfg),
+                              resume_unfinished=True, resume_errored=False, restart_errored=False)
+
+
+def _trainable(cfg: PipelineConfig):
+    """``train_trial`` bound to the base pipeline, with the per-trial resources."""
+    return tune.with_resources(tune.with_parameters(train_trial, base=cfg.to_dict()),
+                               {"cpu": cfg.search.resources.cpu, "gpu": cfg.search.resources.gpu})
