@@ -72,10 +72,12 @@ class SATI(nn.Module):
         ablation: Table II switches (the gate and the discriminator are skipped when off).
         audio_dim, video_dim: feature dims of the dataset.
         text_feature_dim: dim of precomputed text features (``text_encoder: precomputed``).
+        pretrained_text: load the text encoder's pretrained weights (False: its architecture only,
+            for loading a SATI checkpoint).
     """
 
     def __init__(self, cfg: ModelConfig, ablation: AblationConfig, audio_dim: int, video_dim: int,
-                 text_feature_dim: int = 0):
+                 text_feature_dim: int = 0, pretrained_text: bool = True):
         super().__init__()
         self.cfg, self.ablation = cfg, ablation
         h = cfg.hidden_size
@@ -84,7 +86,7 @@ class SATI(nn.Module):
                 raise ValueError("model.text_encoder = 'precomputed' but the dataset has no text_features")
             self.text_encoder = PrecomputedText(text_feature_dim)
         else:
-            self.text_encoder = HFTextEncoder(cfg.text_encoder, cfg.freeze_text_layers)
+            self.text_encoder = HFTextEncoder(cfg.text_encoder, cfg.freeze_text_layers, pretrained=pretrained_text)
         self.audio_encoder = _av_encoder(audio_dim, cfg.audio_heads, cfg, "audio_heads")
         self.video_encoder = _av_encoder(video_dim, cfg.video_heads, cfg, "video_heads")
         self.project = nn.ModuleList([_projection(d, h) for d in (self.text_encoder.out_dim, audio_dim, video_dim)])

