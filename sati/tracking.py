@@ -28,6 +28,12 @@ def default_uri() -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def resolve_uri(uri: Optional[str]) -> str:
+    """The URI given, else ``$MLFLOW_TRACKING_URI``, else the embedded default."""
+    import os
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -129,17 +135,16 @@ class TrialRuns:
             filter_string=f"tags.`{PARENT}` = '{self.parent}' and tags.`{TRIAL_ID}` = '{trial_id}'")
         return found[0].info.run_id if found else None
 
-    def start(self, trial_id: str, trial_name: str, params: dict[str, Any], sampled: dict[str, Any]) -> str:
-        """Create the trial's run (all resolved params; sampled ones also as tags), or reopen the
-        one a previous, interrupted driver made."""
+    def start(self, trial_id: str, trial_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """Create the trial's run (all resolved params; ``tags`` such as the sampled values), or
+        reopen the one a previous, interrupted driver made."""
         run_id = self.runs.get(trial_id) or self._existing(trial_id)
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
         else:
             exp_id = self.client.get_run(self.parent).info.experiment_id
             run = self.client.create_run(exp_id, run_name=trial_name,
-                                         tags={PARENT: self.parent, ROLE: "trial", TRIAL_ID: trial_id,
-                                               **{f"sampled.{k}": str(v) for k, v in sampled.items()}})
+                                         tags={PARENT: self.parent, ROLE: "trial", TRIAL_ID: trial_id, **tags})
             run_id = run.info.run_id
             _log_params(self.client, run_id, params)
         self.runs[trial_id] = run_id

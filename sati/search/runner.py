@@ -46,13 +46,13 @@ def prepare(cfg: PipelineConfig) -> tuple[PipelineConfig, SearchSpace, str]:
     if not cfg.search.space:
         raise ConfigError("search.space is not set: name a search space file, e.g. search_spaces/quickstart.yaml")
     space = load_space(cfg.search.space, cfg)
-    uri = cfg.tracking.uri or tracking.default_uri()
+    uri = tracking.resolve_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)
     ensure_dataset(cfg)
     return _absolute(cfg), space, uri
 
 
-def _import_tune(address: Optional[str]):
+def import_tune(address: Optional[str]):
     """Import the Ray module; a local Ray (no address) binds to 127.0.0.1 only (read at import)."""
     if not address:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -63,7 +63,7 @@ def _import_tune(address: Optional[str]):
 def run_search(cfg: PipelineConfig, console: Callable[[str], None] = print) -> SearchOutcome:
     """Run a new search; the experiment state lives in ``<search.storage_path>/<name>``."""
     cfg, space, uri = prepare(cfg)
-    sati_tune = _import_tune(cfg.search.ray_address)
+    sati_tune = import_tune(cfg.search.ray_address)
     info = read_info(cfg.data.path)
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     search_dir = str(Path(cfg.search.storage_path) / name) if "://" not in cfg.search.storage_path \
@@ -88,14 +88,14 @@ def resume_search(target: str, tracking_uri: Optional[str] = None,
         state = read_search_state(search_dir)
         uri, parent = state["tracking_uri"], state["parent_run_id"]
     else:
-        uri = tracking_uri or tracking.default_uri()
+        uri = tracking.resolve_uri(tracking_uri)
         tags = tracking.find_search(uri, target)
         search_dir, parent = tags[tracking.SEARCH_DIR], target
         state = read_search_state(search_dir)
     tracking.check_reachable(uri)
     cfg = from_dict(state["pipeline"], f"{search_dir}/sati_search.json")
     space = load_space(cfg.search.space, cfg)
-    sati_tune = _import_tune(cfg.search.ray_address)
+    sati_tune = import_tune(cfg.search.ray_address)
     tracking.reopen_search_run(uri, parent)
     console(f"resuming search {state['name']} (MLflow parent run {parent}) from {search_dir}")
     return _drive(sati_tune, cfg, space, uri, parent, search_dir, console,

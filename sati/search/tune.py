@@ -56,11 +56,34 @@ def _plain(metrics: dict) -> dict:
     return {k: (float("nan") if v is None else v) for k, v in metrics.items()}
 
 
-def train_trial(config: dict[str, Any], base: dict) -> None:
-    """Ray function trainable: ``config`` holds the sampled ``{dotted key: value}``."""
+class SearchTrial:
+    """A search trial's config: the base pipeline with the sampled ``{dotted key: value}`` applied."""
+
+    def __init__(self, base: dict):
+        self.base = base
+
+    def __call__(self, trial_config: dict[str, Any]) -> tuple[PipelineConfig, dict[str, str]]:
+        sampled = {k: v for k, v in trial_config.items() if "." in k}
+        cfg = from_dict(self.base, "search pipeline").replace(sampled, source="sampled trial")
+        return cfg, {f"sampled.{k}": str(v) for k, v in sampled.items()}
+
+
+class ConfirmTrial:
+    """A confirmation trial: candidate ``i``'s resolved pipeline retrained with a fresh seed."""
+
+    def __init__(self, bases: list[dict], source_runs: list[str]):
+        self.bases, self.source_runs = bases, source_runs
+
+    def __call__(self, trial_config: dict[str, Any]) -> tuple[PipelineConfig, dict[str, str]]:
+        i, seed = int(trial_config["candidate"]), int(trial_config["seed"])
+        cfg = from_dict(self.bases[i], f"candidate {self.source_runs[i]}").replace({"seed": seed})
+        return cfg, {"sati.candidate_run_id": self.source_runs[i], "sati.candidate": str(i), "sati.seed": str(seed)}
+
+
+def train_trial(config: dict[str, Any], resolve) -> None:
+    """Ray function trainable: ``resolve(config)`` gives the trial's pipeline (``SearchTrial``, ``ConfirmTrial``)."""
     from sati.trainer import fit
-    sampled = {k: v for k, v in config.items() if "." in k}
-    cfg = from_dict(base, "search pipeline").replace(sampled, source="sampled trial")
+    cfg, _ = resolve(config)
     trial_dir = Path(tune.get_context().get_trial_dir())
     cfg = cfg.replace({"train.out_dir": str(trial_dir / "train"),
                        "train.selection_metric": cfg.search.metric, "train.selection_mode": cfg.search.mode})
@@ -131,13 +154,12 @@ class StopAwareOptunaSearch(OptunaSearch):
 class TrackingCallback(tune.Callback):
     """One MLflow child run per trial: params, per-epoch metrics, best checkpoint, learning curve."""
 
-    def __init__(self, runs: TrialRuns, base: dict, metric: str):
-        self.runs, self.base, self.metric = runs, base, metric
+    def __init__(self, runs: TrialRuns, resolve, metric: str):
+        self.runs, self.resolve, self.metric = runs, resolve, metric
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        sampled = {k: v for k, v in trial.config.items() if "." in k}
-        resolved = from_dict(self.base, "search pipeline").replace(sampled, source="sampled trial")
-        self.runs.start(trial.trial_id, str(trial), flatten(resolved.to_dict()), sampled=sampled)
+        resolved, tags = self.resolve(trial.config)
+        self.runs.start(trial.trial_id, str(trial), flatten(resolved.to_dict()), tags=tags)
 
     on_trial_restore = on_trial_start
 
@@ -234,15 +256,35 @@ def build_tuner(cfg: PipelineConfig, space: SearchSpace, storage_path: str, name
     searcher = StopAwareOptunaSearch(space=_DefineByRun(space, cfg), metric=tune_metric(cfg), mode=s.mode,
                                      sampler=optuna.samplers.TPESampler(seed=cfg.seed),
                                      points_to_evaluate=[first] if first else None)
+    resolve = SearchTrial(cfg.to_dict())
     return tune.Tuner(
-        _trainable(cfg),
+        _trainable(resolve, cfg),
         tune_config=tune.TuneConfig(metric=tune_metric(cfg), mode=s.mode, num_samples=s.num_samples,
                                     search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
                                     scheduler=_scheduler(cfg), time_budget_s=s.time_budget_s,
                                     reuse_actors=s.reuse_actors),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage_path, callbacks=[TrackingCallback(runs, cfg.to_dict(), s.metric)],
+            name=name, storage_path=storage_path, callbacks=[TrackingCallback(runs, resolve, s.metric)],
             progress_reporter=_progress_table(cfg, space),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1))
+
+
+def build_confirm_tuner(cfg: PipelineConfig, bases: list[dict], source_runs: list[str], seeds: list[int],
+                        name: str, runs: TrialRuns) -> tune.Tuner:
+    """Every candidate pipeline in ``bases`` retrained once per seed (a grid, FIFO, no early stopping);
+    ``cfg`` (the first candidate's) gives the metric, resources, concurrency and storage."""
+    s = cfg.search
+    resolve = ConfirmTrial(bases, source_runs)
+    return tune.Tuner(
+        _trainable(resolve, cfg),
+        param_space={"candidate": tune.grid_search(list(range(len(bases)))), "seed": tune.grid_search(seeds)},
+        tune_config=tune.TuneConfig(metric=tune_metric(cfg), mode=s.mode, max_concurrent_trials=s.max_concurrent,
+                                    reuse_actors=s.reuse_actors),
+        run_config=tune.RunConfig(
+            name=name, storage_path=s.storage_path, callbacks=[TrackingCallback(runs, resolve, s.metric)],
+            progress_reporter=tune.CLIReporter(metric_columns={"epoch": "epoch", tune_metric(cfg): f"best {s.metric}"},
+                                               parameter_columns=["candidate", "seed"], max_report_frequency=15),
             failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1))
 
@@ -250,11 +292,11 @@ def build_tuner(cfg: PipelineConfig, space: SearchSpace, storage_path: str, name
 def restore_tuner(search_dir: str, cfg: PipelineConfig) -> tune.Tuner:
     if not tune.Tuner.can_restore(search_dir):
         raise ValueError(f"{search_dir}: no restorable Ray Tune experiment state here")
-    return tune.Tuner.restore(search_dir, trainable=_trainable(cfg),
+    return tune.Tuner.restore(search_dir, trainable=_trainable(SearchTrial(cfg.to_dict()), cfg),
                               resume_unfinished=True, resume_errored=False, restart_errored=False)
 
 
-def _trainable(cfg: PipelineConfig):
-    """``train_trial`` bound to the base pipeline, with the per-trial resources."""
-    return tune.with_resources(tune.with_parameters(train_trial, base=cfg.to_dict()),
+def _trainable(resolve, cfg: PipelineConfig):
+    """``train_trial`` bound to its config resolver, with the per-trial resources of ``cfg``."""
+    return tune.with_resources(tune.with_parameters(train_trial, resolve=resolve),
                                {"cpu": cfg.search.resources.cpu, "gpu": cfg.search.resources.gpu})
