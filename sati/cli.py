@@ -1,4 +1,4 @@
-"""Command line: ``sati train``, ``sati data synth``, ``sati config``."""
+"""Command line: ``sati train | search | promote | evaluate | predict | config | data``."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sati.config import ConfigError, load_pipeline
 from sati.data.commands import add_data_commands, run_data_command
+from sati.model_commands import add_model_commands, run_model_command
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("pipeline")
     _add_overrides(config)
 
+    add_model_commands(sub)
     add_data_commands(sub)
     return parser
 
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "data":
             return run_data_command(args)
+        if args.command in ("promote", "evaluate", "predict"):
+            return run_model_command(args)
     except (ConfigError, DataError, CheckpointError, TrackingError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

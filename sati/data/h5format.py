@@ -194,6 +194,14 @@ def read_info(path: str | Path) -> DatasetInfo:
 _REQUIRED = ("ids", "text", "labels", "lengths", "audio", "video")
 
 
+def list_splits(path: str | Path) -> list[str]:
+    """The splits stored in the file: train, valid, test first (those present), then any others."""
+    path = Path(path)
+    with _open(path) as f:
+        present = [k for k in f.keys() if isinstance(f[k], h5py.Group)]
+    return [s for s in SPLITS if s in present] + sorted(s for s in present if s not in SPLITS)
+
+
 def read_split(path: str | Path, split: str) -> SplitArrays:
     """Read one split into memory and check that its arrays agree with each other."""
     path = Path(path)

@@ -1,0 +1,139 @@
+"""`sati evaluate` and `sati predict`: models on a dataset split, the paper's table, robustness rows.
+
+Conditions (table rows): ``clean``; ``noise σ`` adds N(0, σ²) to every real audio and video step
+(the paper's Table III); ``drop m`` removes modality m (audio or video features zeroed, text replaced
+by empty strings). The noise is seeded, so a row is repeatable and equal across models. With several
+models (e.g. one per seed) each cell is mean ± std over the models.
+
+Metric keys: ``<split>/<metric>`` for the clean row, ``<split>/noise0.5/<metric>``,
+``<split>/drop_audio/<metric>`` for the others; ``..._std`` beside each with several models.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from sati.data.h5format import SplitArrays
+from sati.metrics import PAPER_METRICS, regression_metrics
+from sati.predictor import SATIPredictor
+
+MODALITIES = ("text", "audio", "video")
+_COLUMNS = (("MAE", "mae", 1), ("Corr", "corr", 1), ("Acc-2 has0", "acc2_has0", 100), ("Acc-2 non0", "acc2_non0", 100),
+            ("F1 has0", "f1_has0", 100), ("F1 non0", "f1_non0", 100), ("Acc-7", "acc7", 100), ("Acc-5", "acc5", 100))
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One table row: the clean split, Gaussian noise on audio and video, or one modality removed."""
+    noise: float = 0.0
+    drop: Optional[str] = None
+
+    @property
+    def key(self) -> str:
+        return f"noise{self.noise:g}" if self.noise else (f"drop_{self.drop}" if self.drop else "")
+
+    @property
+    def label(self) -> str:
+        return f"noise σ={self.noise:g}" if self.noise else (f"drop {self.drop}" if self.drop else "clean")
+
+
+def conditions(noise: list[float], drop: list[str]) -> list[Condition]:
+    """The clean row first, then one row per noise level and per dropped modality."""
+    for sigma in noise:
+        if not sigma > 0:
+            raise ValueError(f"--noise {sigma}: the noise standard deviation must be > 0")
+    for m in drop:
+        if m not in MODALITIES:
+            raise ValueError(f"--drop {m}: expected one of {', '.join(MODALITIES)}")
+    return [Condition()] + [Condition(noise=s) for s in noise] + [Condition(drop=m) for m in drop]
+
+
+def perturb(arrays: SplitArrays, condition: Condition, seed: int = 0) -> SplitArrays:
+    """The split as ``condition`` sees it (a copy; padding stays zero)."""
+    if condition.noise:
+        rng = np.random.default_rng(seed)
+        real = (np.arange(arrays.audio.shape[1])[None, :] < arrays.lengths[:, None])[..., None]   # [N, T, 1]
+        audio = arrays.audio + condition.noise * rng.standard_normal(arrays.audio.shape, dtype=np.float32) * real
+        video = arrays.video + condition.noise * rng.standard_normal(arrays.video.shape, dtype=np.float32) * real
+        return replace(arrays, audio=audio.astype(np.float32), video=video.astype(np.float32))
+    if condition.drop in ("audio", "video"):
+        return replace(arrays, **{condition.drop: np.zeros_like(getattr(arrays, condition.drop))})
+    if condition.drop == "text":
+        feats = None if arrays.text_features is None else np.zeros_like(arrays.text_features)
+        return replace(arrays, text=[""] * len(arrays), text_features=feats)
+    return arrays
+
+
+def evaluate_models(predictors: list[SATIPredictor], arrays: SplitArrays, split: str,
+                    conds: list[Condition]) -> dict[Condition, list[dict[str, float]]]:
+    """Each model's paper metrics under each condition, keyed ``<split>/<metric>``."""
+    out = {}
+    for cond in conds:
+        seen = perturb(arrays, cond)
+        out[cond] = [regression_metrics(p.predict_arrays(seen), arrays.labels, split) for p in predictors]
+    return out
+
+
+def summarize(results: dict[Condition, list[dict[str, float]]], split: str) -> dict[str, float]:
+    """Flat metrics for MLflow: the mean over models, and ``_std`` with several models."""
+    flat = {}
+    for cond, per_model in results.items():
+        prefix = f"{split}/{cond.key}/" if cond.key else f"{split}/"
+        for m in PAPER_METRICS:
+            values = np.array([r[f"{split}/{m}"] for r in per_model])
+            flat[prefix + m] = float(values.mean())
+            if len(values) > 1:
+                flat[prefix + m + "_std"] = float(values.std(ddof=1))
+    return flat
+
+
+def _cells(per_model: list[dict[str, float]], split: str, latex: bool) -> list[str]:
+    cells = []
+    for _, key, scale in _COLUMNS:
+        values = scale * np.array([r[f"{split}/{key}"] for r in per_model])
+        digits = 3 if scale == 1 else 2
+        cell = f"{values.mean():.{digits}f}"
+        if len(values) > 1:
+            cell += (r" $\pm$ " if latex else " ± ") + f"{values.std(ddof=1):.{digits}f}"
+        cells.append(cell)
+    return cells
+
+
+def markdown_table(results: dict[Condition, list[dict[str, float]]], split: str) -> str:
+    """The paper's columns, one row per condition (accuracies and F1 in %)."""
+    head = "| " + " | ".join([split] + [c for c, _, _ in _COLUMNS]) + " |"
+    rows = [head, "|" + "---|" * (len(_COLUMNS) + 1)]
+    rows += ["| " + " | ".join([cond.label] + _cells(r, split, False)) + " |" for cond, r in results.items()]
+    return "\n".join(rows) + "\n"
+
+
+def latex_table(results: dict[Condition, list[dict[str, float]]], split: str, caption: str) -> str:
+    """The same table as a booktabs LaTeX ``table``."""
+    def esc(s: str) -> str:
+        return re.sub(r"([_%&#])", r"\\\1", s).replace("σ", r"$\sigma$")
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "c" * len(_COLUMNS) + "}", r"\toprule",
+             " & ".join(["Condition"] + [c for c, _, _ in _COLUMNS]) + r" \\", r"\midrule"]
+    lines += [" & ".join([esc(cond.label)] + _cells(r, split, True)) + r" \\" for cond, r in results.items()]
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(caption)}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading any model
+
+def load_predictor(uri: str, model_uri: str) -> SATIPredictor:
+    """A model by URI: ``models:/name@alias``, ``models:/name/3``, ``runs:/<id>/model`` or a model folder
+    (logged by ``sati promote``), ``runs:/<trial run id>`` (its ``checkpoint/best.pt``), or a ``.pt`` file."""
+    from sati import registry
+    if model_uri.endswith(".pt") and Path(model_uri).is_file():
+        return SATIPredictor(model_uri)
+    m = re.match(r"^runs:/([0-9a-f]{32})/?(checkpoint/best\.pt)?$", model_uri)
+    if m:
+        with tempfile.TemporaryDirectory(prefix="sati-eval-") as tmp:
+            return SATIPredictor(registry.download_checkpoint(uri, m.group(1), tmp))
+    return registry.load_registered(uri, model_uri)
