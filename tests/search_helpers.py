@@ -35,6 +35,7 @@ class MlflowServer:
     """`mlflow server` bound to 127.0.0.1 with a SQLite store and proxied artifacts."""
 
     def __init__(self, root: Path):
+        self.root = root
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         root.mkdir(parents=True, exist_ok=True)
