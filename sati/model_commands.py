@@ -70,8 +70,10 @@ def _promote(args, uri: str) -> int:
         return 0
     if not args.source:
         raise PromotionError("sati promote: give a search run id or an experiment name (or --rollback)")
-    promote(args.source, args.model_name, uri=uri, top_k=args.top_k, seeds=args.seeds, min_delta=args.min_delta,
-            tolerance=args.tolerance, data=args.data, address=args.address)
+    result = promote(args.source, args.model_name, uri=uri, top_k=args.top_k, seeds=args.seeds,
+                     min_delta=args.min_delta, tolerance=args.tolerance, data=args.data, address=args.address)
+    print(f"\nload it:  mlflow.pyfunc.load_model('models:/{result.model_name}@{result.alias}')\n"
+          f"evaluate: sati evaluate models:/{result.model_name}/{result.version} --split test --tracking-uri {uri}")
     return 0
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import yaml
 
 from sati import registry
 from sati.registry import RegistryError, RunInfo
@@ -142,8 +143,11 @@ def promote(source: str, model_name: Optional[str], *, uri: str, top_k: int = 1,
         example, signature = _signature(predictor, valid)
         text_dir = None if predictor.precomputed else export_text_encoder(predictor.cfg.model.text_encoder,
                                                                            tmp / "text_encoder")
+        config = tmp / "config.yaml"     # for people: the model reads the config inside the checkpoint
+        config.write_text(yaml.safe_dump(predictor.cfg.to_dict(), sort_keys=False))
         version, created = registry.log_and_register(
-            uri, search=search, run_name=f"promote-{model_name}", checkpoint=checkpoint, text_encoder=text_dir,
+            uri, search=search, run_name=f"promote-{model_name}", checkpoint=checkpoint, config=config,
+            text_encoder=text_dir,
             input_example=example, signature=signature, pip_requirements=_requirements(),
             model_name=model_name, version_tags=tags)
         v = str(version.version)
@@ -304,8 +308,10 @@ def _confirm(uri: str, searches: dict[str, RunInfo], candidates: list[tuple[RunI
     if best is None:
         raise PromotionError(f"no confirmation trial finished (MLflow run {confirm_id}); nothing was promoted")
     (run, value), row = best
+    seed_runs = " ".join(f"runs:/{r.run_id}" for r, _ in runs if r.tags.get("sati.candidate_run_id") == row["candidate"])
     console(f"chosen by {'mean + std' if mode == 'min' else 'mean − std'}: configuration of {row['candidate']} "
-            f"({row['mean']:.4f} ± {row['std']:.4f}); registering its best seed, run {run.run_id}")
+            f"({row['mean']:.4f} ± {row['std']:.4f}); registering its best seed, run {run.run_id}\n"
+            f"all its seeds on the test split: sati evaluate {seed_runs} --split test")
     return run, value, {"sati.confirm_run_id": confirm_id, "sati.source_trial_run_id": row["candidate"],
                         "sati.valid_mean": f"{row['mean']:.6g}", "sati.valid_std": f"{row['std']:.6g}",
                         "sati.valid_score": f"{row['score']:.6g}", "sati.seeds": str(row["seeds"])}

@@ -129,7 +129,8 @@ def log_confirm_summary(uri: str, run_id: str, rows: list[dict], chosen: Optiona
 # --------------------------------------------------------------------------------------------
 # The registered model
 
-def log_and_register(uri: str, *, search: RunInfo, run_name: str, checkpoint: Path, text_encoder: Optional[Path],
+def log_and_register(uri: str, *, search: RunInfo, run_name: str, checkpoint: Path, config: Path,
+                     text_encoder: Optional[Path],
                      input_example, signature, pip_requirements: list[str], model_name: str,
                      version_tags: dict[str, str]):
     """Log the checkpoint as an MLflow pyfunc model (as code) in a promotion run nested under the
@@ -140,7 +141,7 @@ def log_and_register(uri: str, *, search: RunInfo, run_name: str, checkpoint: Pa
     mlflow.set_registry_uri(uri)
     created = not model_exists(uri, model_name)
     package = Path(sati.__file__).parent
-    artifacts = {"checkpoint": str(checkpoint)}
+    artifacts = {"checkpoint": str(checkpoint), "config": str(config)}
     if text_encoder is not None:
         artifacts["text_encoder"] = str(text_encoder)
     with mlflow.start_run(experiment_id=search.experiment_id, run_name=run_name,

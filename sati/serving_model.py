@@ -1,8 +1,8 @@
 """The registered SATI model, logged to MLflow as code (``python_model`` = this file), so loading
 it never unpickles anything: ``mlflow.pyfunc.load_model(uri).predict(frame)``.
 
-Artifacts: ``checkpoint`` (best.pt, read with ``weights_only``) and, for Hugging Face text encoders,
-``text_encoder`` (config and tokenizer). Input and output columns: ``sati.predictor``.
+Artifacts: ``checkpoint`` (best.pt, read with ``weights_only``; it holds the resolved config, also
+shown as ``config``) and, for Hugging Face text encoders, ``text_encoder`` (config and tokenizer). Input and output columns: ``sati.predictor``.
 """
 import mlflow.pyfunc
 import pandas as pd
