@@ -127,6 +127,14 @@ def promote(source: str, model_name: Optional[str], *, uri: str, top_k: int = 1,
         search = by_id[chosen.tags[registry.PARENT]] if chosen.tags.get(registry.PARENT) in by_id else \
             by_id[registry.get_run(uri, chosen.tags["sati.candidate_run_id"]).tags[registry.PARENT]]
         console(f"candidate: trial run {chosen.run_id} ({chosen.name}), {metric} = {value:.4f}")
+        existing = registry.version_of_run(uri, model_name, chosen.run_id)
+        if existing is not None:     # registered before: do not register it twice, only gate it again
+            if CHAMPION in existing.aliases:
+                console(f"trial run {chosen.run_id} is already {model_name} v{existing.version}, the champion")
+                return PromotionResult(model_name, str(existing.version), CHAMPION, "already champion",
+                                       dict(existing.tags))
+            console(f"trial run {chosen.run_id} is already {model_name} v{existing.version}; gating that version")
+            return _apply_gate(uri, model_name, str(existing.version), dict(existing.tags), min_delta, console)
         checkpoint = registry.download_checkpoint(uri, chosen.run_id, tmp / "checkpoint")
         predictor = SATIPredictor(checkpoint, device="cpu")
         data_path = data or predictor.cfg.data.path

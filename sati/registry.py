@@ -175,6 +175,15 @@ def version_by_alias(uri: str, name: str, alias: str):
     return _client(uri).get_model_version_by_alias(name, alias)
 
 
+def version_of_run(uri: str, name: str, trial_run_id: str):
+    """The version of ``name`` registered from trial run ``trial_run_id`` (tag sati.trial_run_id), or None."""
+    if not model_exists(uri, name):
+        return None
+    found = [v for v in _client(uri).search_model_versions(f"name = '{name}'")
+             if v.tags.get("sati.trial_run_id") == trial_run_id]
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
 def get_version(uri: str, name: str, version: str | int):
     return _client(uri).get_model_version(name, str(version))
 

@@ -128,12 +128,14 @@ def test_promote_gate_rollback_evaluate_predict(tmp_path, server, searches, seal
     assert list(frame.columns) == ["id", "prediction", "class7", "sentiment"] and len(frame) == 5
     assert (frame["class7"] == seven_class(frame["prediction"].to_numpy())).all()
 
-    # 3. a worse promotion becomes challenger and says why; champion stays
+    # 3. a worse promotion becomes challenger and says why; champion stays. (The weak trial is
+    #    version 1 already: it is gated again, not registered twice.)
     rc, out = _cli(["promote", searches["weak"], "--model-name", MODEL], server.uri, tmp_path)
     assert rc == 0, out[-3000:]
     assert "'challenger'" in out and "does not beat champion v2" in out
-    assert client.get_model_version_by_alias(MODEL, "challenger").version == "3"
+    assert client.get_model_version_by_alias(MODEL, "challenger").version == "1"
     assert client.get_model_version_by_alias(MODEL, "champion").version == "2"
+    assert _versions(client, MODEL) == ["1", "2"]
 
     # 4. rollback restores the previous champion
     rc, out = _cli(["promote", "--model-name", MODEL, "--rollback"], server.uri, tmp_path)
@@ -234,7 +236,7 @@ def test_errors_name_the_problem_and_leave_the_registry_alone(tmp_path, server, 
     shutil.copy(sealed, edited)
     with h5py.File(edited, "a") as f:
         f["valid/labels"][...] = -f["valid/labels"][()]
-    assert main(["promote", searches["good"], "--model-name", MODEL, "--data", str(edited),
+    assert main(["promote", searches["good"], "--model-name", "sati-fresh", "--data", str(edited),
                  "--tracking-uri", server.uri]) == 2
     err = capsys.readouterr().err
     assert "does not reproduce its validation metrics" in err and "valid/mae: logged" in err and "reloaded" in err
@@ -244,8 +246,9 @@ def test_errors_name_the_problem_and_leave_the_registry_alone(tmp_path, server, 
     for path in (server.root / "artifacts").rglob("best.pt"):
         if weak_trial in path.parts:
             path.unlink()
-    assert main(["promote", searches["weak"], "--model-name", MODEL, "--tracking-uri", server.uri]) == 2
+    assert main(["promote", searches["weak"], "--model-name", "sati-fresh", "--tracking-uri", server.uri]) == 2
     err = capsys.readouterr().err
     assert f"MLflow run {weak_trial}: checkpoint artifact 'checkpoint/best.pt' missing" in err
     after = _versions(client, MODEL) if client.search_registered_models(f"name = '{MODEL}'") else []
     assert after == before
+    assert not client.search_registered_models("name = 'sati-fresh'")      # created, then removed again
