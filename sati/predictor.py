@@ -14,7 +14,7 @@ DataFrame interface (the registered model's signature)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from sati.devices import resolve_device
 from sati.model import SATI
 from sati.model.text import PRECOMPUTED, load_tokenizer
 from sati.trainer import predict
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SENTIMENT_CLASSES = {-3: "highly negative", -2: "negative", -1: "weakly negative", 0: "neutral",
                      1: "weakly positive", 2: "positive", 3: "highly positive"}
@@ -86,13 +89,13 @@ class SATIPredictor:
         return predict(self.model, dataset, batch_size or self.cfg.train.eval_batch_size, self.device,
                        self.cfg.train.precision)
 
-    def predict_frame(self, frame) -> "pandas.DataFrame":  # noqa: F821
+    def predict_frame(self, frame: "pd.DataFrame") -> "pd.DataFrame":
         """The DataFrame interface (module docstring): one output row per input row, same order."""
         arrays = frame_to_arrays(frame, self.audio_dim, self.video_dim, self.precomputed)
         return predictions_frame(arrays.ids, self.predict_arrays(arrays))
 
 
-def predictions_frame(ids: list[str], scores: np.ndarray):
+def predictions_frame(ids: list[str], scores: np.ndarray) -> "pd.DataFrame":
     """id, prediction, class7, sentiment as a pandas DataFrame."""
     import pandas as pd
     classes = seven_class(scores)
@@ -109,7 +112,7 @@ def _matrix(value, row: str, column: str, dim: int) -> np.ndarray:
     return x
 
 
-def frame_to_arrays(frame, audio_dim: int, video_dim: int, precomputed: bool = False) -> SplitArrays:
+def frame_to_arrays(frame: "pd.DataFrame", audio_dim: int, video_dim: int, precomputed: bool = False) -> SplitArrays:
     """A DataFrame of raw samples → a ``SplitArrays`` padded to the longest row (labels are 0)."""
     needed = ["audio", "video", "text_features" if precomputed else "text"]
     missing = [c for c in needed if c not in frame.columns]
@@ -142,7 +145,7 @@ def frame_to_arrays(frame, audio_dim: int, video_dim: int, precomputed: bool = F
                        audio=pad(audio), video=pad(video), text_features=text_features, text_lengths=text_lengths)
 
 
-def arrays_to_frame(arrays: SplitArrays, limit: Optional[int] = None):
+def arrays_to_frame(arrays: SplitArrays, limit: Optional[int] = None) -> "pd.DataFrame":
     """The first ``limit`` samples of a split as the model's input DataFrame (e.g. an input example)."""
     import pandas as pd
     n = len(arrays) if limit is None else min(limit, len(arrays))

@@ -101,9 +101,6 @@ def promote(source: str, model_name: Optional[str], *, uri: str, top_k: int = 1,
             min_delta: float = 0.0, tolerance: float = 1e-3, data: Optional[str] = None,
             address: Optional[str] = None, console: Callable[[str], None] = print) -> PromotionResult:
     """Promote the best trial of ``source`` (a search run id or an experiment name); module docstring."""
-    from sati.data.h5format import read_info, read_split
-    from sati.predictor import SATIPredictor, export_text_encoder
-
     if top_k < 1 or seeds < 0:
         raise PromotionError(f"--top-k must be >= 1 and --seeds >= 0, got {top_k} and {seeds}")
     if top_k > 1 and seeds == 0:
@@ -124,8 +121,7 @@ def promote(source: str, model_name: Optional[str], *, uri: str, top_k: int = 1,
         chosen, value = ranked[0]
         if seeds:
             chosen, value, evidence = _confirm(uri, by_id, ranked[:top_k], seeds, metric, mode, address, tmp, console)
-        search = by_id[chosen.tags[registry.PARENT]] if chosen.tags.get(registry.PARENT) in by_id else \
-            by_id[registry.get_run(uri, chosen.tags["sati.candidate_run_id"]).tags[registry.PARENT]]
+        search = _search_of(uri, chosen, by_id)
         console(f"candidate: trial run {chosen.run_id} ({chosen.name}), {metric} = {value:.4f}")
         existing = registry.version_of_run(uri, model_name, chosen.run_id)
         if existing is not None:     # registered before: do not register it twice, only gate it again
@@ -135,38 +131,56 @@ def promote(source: str, model_name: Optional[str], *, uri: str, top_k: int = 1,
                                        dict(existing.tags))
             console(f"trial run {chosen.run_id} is already {model_name} v{existing.version}; gating that version")
             return _apply_gate(uri, model_name, str(existing.version), dict(existing.tags), min_delta, console)
-        checkpoint = registry.download_checkpoint(uri, chosen.run_id, tmp / "checkpoint")
-        predictor = SATIPredictor(checkpoint, device="cpu")
-        data_path = data or predictor.cfg.data.path
-        checksum = read_info(data_path).checksum
-        if checksum != search.tags.get("sati.data_checksum"):
-            raise PromotionError(f"{data_path}: data checksum {checksum[:12]}… differs from the one search "
-                                 f"{search.run_id} validated on ({search.tags.get('sati.data_checksum', '?')[:12]}…); "
-                                 "pass --data with the search's dataset file")
-        valid = read_split(data_path, "valid")        # promotion reads the validation split only
-        logged = {k: float(v) for k, v in predictor.metrics.items() if k.startswith("valid/")}
-        if metric not in logged:
-            raise PromotionError(f"{checkpoint}: the checkpoint's metrics have no {metric}")
-        tags = _evidence(search, chosen, predictor, metric, mode, checksum, evidence)
-        example, signature = _signature(predictor, valid)
-        text_dir = None if predictor.precomputed else export_text_encoder(predictor.cfg.model.text_encoder,
-                                                                           tmp / "text_encoder")
-        config = tmp / "config.yaml"     # for people: the model reads the config inside the checkpoint
-        config.write_text(yaml.safe_dump(predictor.cfg.to_dict(), sort_keys=False))
-        version, created = registry.log_and_register(
-            uri, search=search, run_name=f"promote-{model_name}", checkpoint=checkpoint, config=config,
-            text_encoder=text_dir,
-            input_example=example, signature=signature, pip_requirements=_requirements(),
-            model_name=model_name, version_tags=tags)
-        v = str(version.version)
-        try:
-            check = _reproduce(uri, f"models:/{model_name}/{v}", valid, logged, metric, tolerance)
-        except BaseException:
-            registry.delete_version(uri, model_name, v, drop_model=created)
-            raise
+        version, tags = _register_checked(uri, model_name, search, chosen, metric, mode, evidence, data,
+                                          tolerance, tmp, console)
+    return _apply_gate(uri, model_name, version, tags, min_delta, console)
+
+
+def _search_of(uri: str, trial: RunInfo, searches: dict[str, RunInfo]) -> RunInfo:
+    """The search a trial belongs to (for a confirmation trial: its candidate's search)."""
+    if trial.tags.get(registry.PARENT) in searches:
+        return searches[trial.tags[registry.PARENT]]
+    return searches[registry.get_run(uri, trial.tags["sati.candidate_run_id"]).tags[registry.PARENT]]
+
+
+def _register_checked(uri: str, model_name: str, search: RunInfo, chosen: RunInfo, metric: str, mode: str,
+                      evidence: dict[str, str], data: Optional[str], tolerance: float, tmp: Path,
+                      console: Callable[[str], None]) -> tuple[str, dict[str, str]]:
+    """Steps 3-5 of the module docstring; returns the new version and its tags."""
+    from sati.data.h5format import read_info, read_split
+    from sati.predictor import SATIPredictor, export_text_encoder
+
+    checkpoint = registry.download_checkpoint(uri, chosen.run_id, tmp / "checkpoint")
+    predictor = SATIPredictor(checkpoint, device="cpu")
+    data_path = data or predictor.cfg.data.path
+    checksum = read_info(data_path).checksum
+    if checksum != search.tags.get("sati.data_checksum"):
+        raise PromotionError(f"{data_path}: data checksum {checksum[:12]}… differs from the one search "
+                             f"{search.run_id} validated on ({search.tags.get('sati.data_checksum', '?')[:12]}…); "
+                             "pass --data with the search's dataset file")
+    valid = read_split(data_path, "valid")        # promotion reads the validation split only
+    logged = {k: float(v) for k, v in predictor.metrics.items() if k.startswith("valid/")}
+    if metric not in logged:
+        raise PromotionError(f"{checkpoint}: the checkpoint's metrics have no {metric}")
+    tags = _evidence(search, chosen, predictor, metric, mode, checksum, evidence)
+    example, signature = _signature(predictor, valid)
+    text_dir = None if predictor.precomputed else export_text_encoder(predictor.cfg.model.text_encoder,
+                                                                       tmp / "text_encoder")
+    config = tmp / "config.yaml"     # for people: the model reads the config inside the checkpoint
+    config.write_text(yaml.safe_dump(predictor.cfg.to_dict(), sort_keys=False))
+    version, created = registry.log_and_register(
+        uri, search=search, run_name=f"promote-{model_name}", checkpoint=checkpoint, config=config,
+        text_encoder=text_dir, input_example=example, signature=signature, pip_requirements=_requirements(),
+        model_name=model_name, version_tags=tags)
+    v = str(version.version)
+    try:
+        check = _reproduce(uri, f"models:/{model_name}/{v}", valid, logged, metric, tolerance)
+    except BaseException:
+        registry.delete_version(uri, model_name, v, drop_model=created)
+        raise
     registry.set_version_tags(uri, model_name, v, {"sati.check": check})
     console(f"registered {model_name} version {v}; reload check: {check}")
-    return _apply_gate(uri, model_name, v, tags, min_delta, console)
+    return v, tags
 
 
 def _evidence(search: RunInfo, chosen: RunInfo, predictor, metric: str, mode: str, checksum: str,
