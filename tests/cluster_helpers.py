@@ -465,13 +465,15 @@ def lose_a_worker(args, mark: str, report: dict, stack: contextlib.ExitStack) ->
     t0 = time.time()
     pg = Postgres(env, logs)
     stack.callback(pg.stop)
-    ray = RayCluster(env, logs)
-    stack.callback(ray.stop)
-    ray.start_head()                                   # Ray and Postgres start side by side
     pg.wait_ready()
     server = MlflowServer(pg.url, root / "artifacts", env, logs)
     stack.callback(server.stop)
-    ray.wait_started(ray.head)
+    # Ray only after Postgres and the server hold their ports: its processes bind OS-chosen ports,
+    # which can be the very port free_port() just picked for a service that has not bound it yet.
+    server.wait_ready()
+    ray = RayCluster(env, logs)
+    stack.callback(ray.stop)
+    ray.wait_started(ray.start_head())
     workers = []
     for _ in range(2):                                 # one after the other: no race for ports
         workers.append(ray.add_worker(1))
@@ -480,7 +482,6 @@ def lose_a_worker(args, mark: str, report: dict, stack: contextlib.ExitStack) ->
     report["head_node"] = ray.node_id(ray.head)
     report["worker_nodes"] = ids
     report["nodes_joined_after_s"] = round(ray.wait_nodes(ids + [report["head_node"]], args.join_timeout), 1)
-    server.wait_ready()
     report["setup_s"] = round(time.time() - t0, 1)
 
     search = start_search(Path(args.pipeline), ray.address, env, logs, root, f"tracking.uri={server.uri}")
