@@ -31,7 +31,8 @@ def versions() -> dict[str, str]:
             "numpy": numpy.__version__, "python": platform.python_version()}
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Write ``path`` through ``write(binary file)`` to a temp file, fsync, rename: all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -53,8 +54,8 @@ def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
             "versions": versions(), "state": state}
     payload = {**meta, "model": model.state_dict(),
                "optimizer": optimizer.state_dict() if optimizer is not None else None}
-    _atomic_write(path, lambda f: torch.save(payload, f))
-    _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=2, default=str).encode()))
+    atomic_write(path, lambda f: torch.save(payload, f))
+    atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=2, default=str).encode()))
     return path
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from sati.tracking import PARENT, ROLE, TrackingError, _client
+from sati.tracking import PARENT, ROLE, TrackingError, _client, child_runs, experiment_id, markdown_table
 
 CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
 HISTORY_TAG = "sati.champion_history"
@@ -67,14 +67,8 @@ def find_searches(uri: str, source: str) -> list[RunInfo]:
 
 def finished_trials(uri: str, parent_ids: list[str]) -> list[RunInfo]:
     """Trial runs of the given parents that ended FINISHED (failed and killed trials excluded)."""
-    client = _client(uri)
-    exp_ids = sorted({client.get_run(p).info.experiment_id for p in parent_ids})
-    out = []
-    for p in parent_ids:
-        runs = client.search_runs(exp_ids, f"tags.`{PARENT}` = '{p}' and tags.`{ROLE}` = 'trial' and "
-                                           "attributes.status = 'FINISHED'", max_results=10000)
-        out += [_info(r) for r in runs]
-    return out
+    return [_info(r) for p in parent_ids
+            for r in child_runs(uri, p, f"tags.`{ROLE}` = 'trial' and attributes.status = 'FINISHED'")]
 
 
 def get_run(uri: str, run_id: str) -> RunInfo:
@@ -116,11 +110,7 @@ def start_confirm_run(uri: str, search: RunInfo, candidates: list[RunInfo], seed
 def log_confirm_summary(uri: str, run_id: str, rows: list[dict], chosen: Optional[str]) -> None:
     """The confirmation table (Markdown) and the chosen candidate on the confirm run, then end it."""
     client = _client(uri)
-    keys = list(rows[0]) if rows else []
-    table = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n" + "".join(
-        "| " + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |\n"
-        for r in rows)
-    client.log_text(run_id, table, "confirmation.md")
+    client.log_text(run_id, markdown_table(rows), "confirmation.md")
     if chosen:
         client.set_tag(run_id, "sati.chosen_run_id", chosen)
     client.set_terminated(run_id, status="FINISHED" if chosen else "FAILED")
@@ -258,9 +248,7 @@ def log_evaluation(uri: str, *, experiment: str, run_name: str, metrics: dict[st
     """An evaluation run: metrics, tables, and links both ways to the evaluated model versions."""
     from mlflow.entities import Metric, Param
     client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    run = client.create_run(exp_id, run_name=run_name, tags={ROLE: "evaluation", **tags})
+    run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags={ROLE: "evaluation", **tags})
     run_id = run.info.run_id
     now = int(time.time() * 1000)
     model_id = models[0].get("model_id") if len(models) == 1 else None

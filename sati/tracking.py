@@ -5,6 +5,7 @@ Runs are found again by tags, so a restored search keeps one run per trial:
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import time
@@ -30,13 +31,25 @@ def default_uri() -> str:
 
 def resolve_uri(uri: Optional[str]) -> str:
     """The URI given, else ``$MLFLOW_TRACKING_URI``, else the embedded default."""
-    import os
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
 
 
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of experiment ``name``, created if it does not exist."""
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of dicts (keys in first-seen order) as a Markdown table; floats to 4 significant digits."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return ("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
+            + "".join("| " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |\n" for r in rows))
 
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
@@ -73,8 +86,7 @@ def start_search_run(uri: str, experiment: str, *, name: str, pipeline: dict, sp
                      data_checksum: str, search_dir: str, versions: dict[str, str]) -> str:
     """Create the search's parent run with the resolved pipeline, the space file and provenance."""
     client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = experiment_id(client, experiment)
     tags = {ROLE: "search", SEARCH_DIR: search_dir, "sati.git_commit": git_commit(),
             "sati.data_checksum": data_checksum, "mlflow.runName": name,
             **{f"sati.version.{k}": v for k, v in versions.items()}}
@@ -188,10 +200,7 @@ class TrialRuns:
 
     def close_orphans(self) -> int:
         """Mark child runs still RUNNING (their driver died) as KILLED; returns how many."""
-        parent = self.client.get_run(self.parent)
-        stale = self.client.search_runs([parent.info.experiment_id],
-                                        filter_string=f"tags.`{PARENT}` = '{self.parent}' and "
-                                                      "attributes.status = 'RUNNING'")
+        stale = child_runs(self.uri, self.parent, "attributes.status = 'RUNNING'")
         for run in stale:
             self.client.set_terminated(run.info.run_id, status="KILLED")
         return len(stale)
@@ -225,8 +234,7 @@ def log_search_summary(uri: str, parent_run_id: str, rows: list[dict], figures: 
         csv = Path(d) / "trials.csv"
         csv.write_text(",".join(keys) + "\n" + "".join(",".join(str(r.get(k, "")) for k in keys) + "\n" for r in rows))
         md = Path(d) / "trials.md"
-        md.write_text("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
-                      + "".join("| " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |\n" for r in rows))
+        md.write_text(markdown_table(rows))
         client.log_artifact(parent_run_id, str(csv))
         client.log_artifact(parent_run_id, str(md))
     for name, fig in figures.items():
@@ -244,9 +252,10 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def child_runs(uri: str, parent_run_id: str) -> list:
-    """All trial runs of a search (for reports and tests)."""
+def child_runs(uri: str, parent_run_id: str, where: str = "") -> list:
+    """The runs nested under ``parent_run_id`` (trials, confirm and promotion runs), optionally
+    narrowed by an MLflow filter clause ``where``."""
     client = _client(uri)
     parent = client.get_run(parent_run_id)
-    return client.search_runs([parent.info.experiment_id],
-                              filter_string=f"tags.`{PARENT}` = '{parent_run_id}'", max_results=10000)
+    query = f"tags.`{PARENT}` = '{parent_run_id}'" + (f" and {where}" if where else "")
+    return client.search_runs([parent.info.experiment_id], filter_string=query, max_results=10000)

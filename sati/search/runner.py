@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from sati import tracking
-from sati.checkpoint import versions
+from sati.checkpoint import atomic_write, versions
 from sati.config import ConfigError, PipelineConfig, from_dict
 from sati.data.h5format import read_info
 from sati.data.loaders import ensure_dataset
@@ -149,11 +149,7 @@ def _finish(cfg, space, uri, parent, search_dir, results, console) -> SearchOutc
 
 
 def write_search_state(search_dir: str | Path, state: dict) -> None:
-    path = Path(search_dir) / "sati_search.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
+    atomic_write(Path(search_dir) / "sati_search.json", lambda f: f.write(json.dumps(state, indent=2).encode()))
 
 
 def read_search_state(search_dir: str | Path) -> dict:

@@ -237,10 +237,17 @@ def _scheduler(cfg: PipelineConfig):
     return FIFOScheduler()
 
 
-def _progress_table(cfg: PipelineConfig, space: SearchSpace):
-    """The live table: trials, state, epoch, best validation metric, sampled values."""
-    return tune.CLIReporter(metric_columns={"epoch": "epoch", tune_metric(cfg): f"best {cfg.search.metric}"},
-                            parameter_columns=space.keys, max_report_frequency=15, sort_by_metric=True)
+def _run_config(cfg: PipelineConfig, name: str, storage_path: str, runs: TrialRuns, resolve,
+                parameter_columns: list[str]) -> tune.RunConfig:
+    """Where the experiment state goes, the MLflow callback, retries, and the live table (trials,
+    state, epoch, best validation metric, ``parameter_columns``)."""
+    s = cfg.search
+    table = tune.CLIReporter(metric_columns={"epoch": "epoch", tune_metric(cfg): f"best {s.metric}"},
+                             parameter_columns=parameter_columns, max_report_frequency=15, sort_by_metric=True)
+    return tune.RunConfig(name=name, storage_path=storage_path, callbacks=[TrackingCallback(runs, resolve, s.metric)],
+                          progress_reporter=table,
+                          failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1)
 
 
 def tune_metric(cfg: PipelineConfig) -> str:
@@ -263,11 +270,7 @@ def build_tuner(cfg: PipelineConfig, space: SearchSpace, storage_path: str, name
                                     search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
                                     scheduler=_scheduler(cfg), time_budget_s=s.time_budget_s,
                                     reuse_actors=s.reuse_actors),
-        run_config=tune.RunConfig(
-            name=name, storage_path=storage_path, callbacks=[TrackingCallback(runs, resolve, s.metric)],
-            progress_reporter=_progress_table(cfg, space),
-            failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1))
+        run_config=_run_config(cfg, name, storage_path, runs, resolve, space.keys))
 
 
 def build_confirm_tuner(cfg: PipelineConfig, bases: list[dict], source_runs: list[str], seeds: list[int],
@@ -281,12 +284,7 @@ def build_confirm_tuner(cfg: PipelineConfig, bases: list[dict], source_runs: lis
         param_space={"candidate": tune.grid_search(list(range(len(bases)))), "seed": tune.grid_search(seeds)},
         tune_config=tune.TuneConfig(metric=tune_metric(cfg), mode=s.mode, max_concurrent_trials=s.max_concurrent,
                                     reuse_actors=s.reuse_actors),
-        run_config=tune.RunConfig(
-            name=name, storage_path=s.storage_path, callbacks=[TrackingCallback(runs, resolve, s.metric)],
-            progress_reporter=tune.CLIReporter(metric_columns={"epoch": "epoch", tune_metric(cfg): f"best {s.metric}"},
-                                               parameter_columns=["candidate", "seed"], max_report_frequency=15),
-            failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1))
+        run_config=_run_config(cfg, name, s.storage_path, runs, resolve, ["candidate", "seed"]))
 
 
 def restore_tuner(search_dir: str, cfg: PipelineConfig) -> tune.Tuner:
