@@ -25,6 +25,7 @@ and the 2-vs-1 ratio of both (goal: >= 1.8x for the trial throughput).
 Needs root (or CAP_SYS_ADMIN) for `unshare -n`. Another busy process on the machine lowers the
 2-worker figure first: check the load line and the "other processes" CPU it prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,6 +59,7 @@ def main() -> None:
     from tests.cluster_helpers import can_unshare, run_in_netns
     from tests.search_helpers import write_search_pipeline
     from tests.tiny_text_encoder import build_tiny_text_encoder
+
     if not can_unshare():
         sys.exit("needs `unshare -n` (root or CAP_SYS_ADMIN) and iproute2")
     if len(os.sched_getaffinity(0)) < 2:
@@ -68,37 +70,69 @@ def main() -> None:
     write_synthetic(data, "mosi", seed=0, scale=args.scale)
     encoder = build_tiny_text_encoder(tmp / "enc")
     pipeline = write_search_pipeline(
-        tmp / "p.yaml", data, encoder, "sqlite:///unused.db", tmp / "ray",
+        tmp / "p.yaml",
+        data,
+        encoder,
+        "sqlite:///unused.db",
+        tmp / "ray",
         {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}},
-        search={"num_samples": args.trials, "max_concurrent": 2, "scheduler": "fifo", "max_failures": 0,
-                "resources": {"cpu": 1, "gpu": 0}},
-        train={"epochs": args.epochs}, tracking={"experiment": "bench-cluster"})
+        search={
+            "num_samples": args.trials,
+            "max_concurrent": 2,
+            "scheduler": "fifo",
+            "max_failures": 0,
+            "resources": {"cpu": 1, "gpu": 0},
+        },
+        train={"epochs": args.epochs},
+        tracking={"experiment": "bench-cluster"},
+    )
 
-    print(f"machine: {os.cpu_count()} CPUs, load {_load()}; search: {args.trials} trials x {args.epochs} epochs, "
-          f"data scale {args.scale}, FIFO, 1 CPU per trial; head 0 CPUs", flush=True)
+    print(
+        f"machine: {os.cpu_count()} CPUs, load {_load()}; search: {args.trials} trials x {args.epochs} epochs, "
+        f"data scale {args.scale}, FIFO, 1 CPU per trial; head 0 CPUs",
+        flush=True,
+    )
     modes = ["pinned", "unpinned"] if args.mode == "both" else [args.mode]
     figures: dict[tuple[str, int], list[dict]] = {}
     for r in range(args.repeats):
         for mode in modes:
             for workers in (1, 2):
                 start = time.time()
-                report = run_in_netns("throughput", pipeline, tmp / f"{mode}-w{workers}-{r}", timeout_s=1200,
-                                      workers=workers, experiment="bench-cluster", search_timeout=1100,
-                                      cpus=workers if mode == "pinned" else 0)
+                report = run_in_netns(
+                    "throughput",
+                    pipeline,
+                    tmp / f"{mode}-w{workers}-{r}",
+                    timeout_s=1200,
+                    workers=workers,
+                    experiment="bench-cluster",
+                    search_timeout=1100,
+                    cpus=workers if mode == "pinned" else 0,
+                )
                 if report.get("error") or report.get("search_rc") != 0 or "trials_per_min" not in report:
-                    sys.exit(f"{mode}, {workers} worker(s): {report.get('error')} rc={report.get('search_rc')}\n"
-                             f"{report.get('traceback', '')}\n{report.get('search_log_tail', '')[-2000:]}")
+                    sys.exit(
+                        f"{mode}, {workers} worker(s): {report.get('error')} rc={report.get('search_rc')}\n"
+                        f"{report.get('traceback', '')}\n{report.get('search_log_tail', '')[-2000:]}"
+                    )
                 figures.setdefault((mode, workers), []).append(report)
                 cpu = report["cpu"]
-                print(f"{mode:8s} {workers} worker raylet(s), cores {report['cpus']}: {len(report['runs'])} trials in "
-                      f"{report['trial_span_s']:.1f} s = {report['trials_per_min']:.2f} trials/min; whole "
-                      f"`sati search` {report['search_s']:.1f} s (nodes used: {len(report['nodes_used'])}; "
-                      f"cluster up and down {time.time() - start:.0f} s in all)", flush=True)
-                print("    CPU seconds during the search: "
-                      + ", ".join(f"{k.replace(' cpu_s', '').replace('_cpu_s', '')} {v:.0f}"
-                                  for k, v in cpu.items() if k.endswith("cpu_s"))
-                      + f" (the cluster's {cpu['cores']} core(s) x {cpu['wall_s']:.0f} s = "
-                      f"{cpu['cores'] * cpu['wall_s']:.0f}); load {_load()}", flush=True)
+                print(
+                    f"{mode:8s} {workers} worker raylet(s), cores {report['cpus']}: {len(report['runs'])} trials in "
+                    f"{report['trial_span_s']:.1f} s = {report['trials_per_min']:.2f} trials/min; whole "
+                    f"`sati search` {report['search_s']:.1f} s (nodes used: {len(report['nodes_used'])}; "
+                    f"cluster up and down {time.time() - start:.0f} s in all)",
+                    flush=True,
+                )
+                print(
+                    "    CPU seconds during the search: "
+                    + ", ".join(
+                        f"{k.replace(' cpu_s', '').replace('_cpu_s', '')} {v:.0f}"
+                        for k, v in cpu.items()
+                        if k.endswith("cpu_s")
+                    )
+                    + f" (the cluster's {cpu['cores']} core(s) x {cpu['wall_s']:.0f} s = "
+                    f"{cpu['cores'] * cpu['wall_s']:.0f}); load {_load()}",
+                    flush=True,
+                )
 
     def med(mode: str, workers: int, key: str) -> float:
         return statistics.median(r[key] for r in figures[(mode, workers)])
@@ -106,9 +140,11 @@ def main() -> None:
     for mode in modes:
         tpm1, tpm2 = med(mode, 1, "trials_per_min"), med(mode, 2, "trials_per_min")
         wall1, wall2 = med(mode, 1, "search_s"), med(mode, 2, "search_s")
-        print(f"{mode}: trial throughput 1 worker {tpm1:.2f} trials/min, 2 workers {tpm2:.2f} trials/min, "
-              f"ratio {tpm2 / tpm1:.2f}x (goal >= 1.8x: {'met' if tpm2 / tpm1 >= 1.8 else 'NOT met'}); "
-              f"whole search wall {wall1:.1f} s vs {wall2:.1f} s, ratio {wall1 / wall2:.2f}x")
+        print(
+            f"{mode}: trial throughput 1 worker {tpm1:.2f} trials/min, 2 workers {tpm2:.2f} trials/min, "
+            f"ratio {tpm2 / tpm1:.2f}x (goal >= 1.8x: {'met' if tpm2 / tpm1 >= 1.8 else 'NOT met'}); "
+            f"whole search wall {wall1:.1f} s vs {wall2:.1f} s, ratio {wall1 / wall2:.2f}x"
+        )
     print(f"load after: {_load()}")
 
 

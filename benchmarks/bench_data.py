@@ -14,6 +14,7 @@
 4. One pass over the training split with the DataLoader (collate only, no model).
 Nothing is downloaded; the tokenizer is built by tests/tiny_text_encoder.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,11 +48,15 @@ def write_mmsa_pickle(path: Path, scale: float) -> int:
     data, total = {}, 0
     for split, s in generate("mosei", seed=0, scale=scale).items():
         n, t = len(s), s.audio.shape[1]
-        mask = (np.arange(t)[None, :] < s.lengths[:, None]).astype(np.int64)   # mask row sum = A/V length
-        data[split] = {"raw_text": np.array(s.text, dtype=object),
-                       "id": np.array([i.replace("_", "$_$") for i in s.ids], dtype=object),
-                       "text_bert": np.stack([mask * 101, mask, np.zeros_like(mask)], 1),
-                       "audio": s.audio, "vision": s.video, "regression_labels": s.labels}
+        mask = (np.arange(t)[None, :] < s.lengths[:, None]).astype(np.int64)  # mask row sum = A/V length
+        data[split] = {
+            "raw_text": np.array(s.text, dtype=object),
+            "id": np.array([i.replace("_", "$_$") for i in s.ids], dtype=object),
+            "text_bert": np.stack([mask * 101, mask, np.zeros_like(mask)], 1),
+            "audio": s.audio,
+            "vision": s.video,
+            "regression_labels": s.labels,
+        }
         total += n
     with open(path, "wb") as f:
         pickle.dump(data, f, protocol=4)
@@ -73,6 +78,7 @@ def main() -> None:
     parser.add_argument("--keep", help="write the files here instead of a temporary folder")
     args = parser.parse_args()
     import torch
+
     print("SATI data benchmark —", time.strftime("%Y-%m-%d %H:%M"))
     for k, v in machine(torch.device("cpu")):
         print(f"  {k:7s} {v}")
@@ -84,13 +90,21 @@ def main() -> None:
         pkl, out = work / "aligned_50.pkl", work / "mosei.h5"
         t0 = time.perf_counter()
         n = write_mmsa_pickle(pkl, args.scale)
-        print(f"  source  {n} segments, {pkl.stat().st_size / 2**20:.0f} MiB MMSA pickle "
-              f"(generated in {time.perf_counter() - t0:.1f} s, not timed below)\n")
+        print(
+            f"  source  {n} segments, {pkl.stat().st_size / 2**20:.0f} MiB MMSA pickle "
+            f"(generated in {time.perf_counter() - t0:.1f} s, not timed below)\n"
+        )
 
         stamps: list[tuple[float, str]] = []
         t0 = time.perf_counter()
-        prepare("mmsa", pkl, out, tokenizer=str(tiny), max_text_tokens=50,
-                log=lambda line: stamps.append((time.perf_counter(), line)))
+        prepare(
+            "mmsa",
+            pkl,
+            out,
+            tokenizer=str(tiny),
+            max_text_tokens=50,
+            log=lambda line: stamps.append((time.perf_counter(), line)),
+        )
         t_prepare = time.perf_counter() - t0
         t_read = next(t for t, line in stamps if "aligned file" in line) - t0
         t_tok = next(t for t, line in reversed(stamps) if "tokenized" in line) - t0 - t_read
@@ -100,10 +114,14 @@ def main() -> None:
         t0 = time.perf_counter()
         read_info(out)
         t_open = time.perf_counter() - t0
-        base = {"name": "bench", "data": {"path": str(out), "max_text_tokens": 50},
-                "model": {"text_encoder": str(tiny)}, "train": {"device": "cpu"}}
+        base = {
+            "name": "bench",
+            "data": {"path": str(out), "max_text_tokens": 50},
+            "model": {"text_encoder": str(tiny)},
+            "train": {"device": "cpu"},
+        }
         t_first, t_load, (datasets, _) = first_batch(from_dict(base, "bench"))
-        base["data"]["max_text_tokens"] = 49          # stored tokens (cut at 50) no longer apply
+        base["data"]["max_text_tokens"] = 49  # stored tokens (cut at 50) no longer apply
         t_first_tok, t_load_tok, _ = first_batch(from_dict(base, "bench"))
 
         train = datasets["train"]
@@ -117,12 +135,18 @@ def main() -> None:
         ("  tokenize all texts (+ those at the budget again)", f"{t_tok:.2f} s", ""),
         ("  write HDF5 (temp file + rename, checksum)", f"{t_write:.2f} s", ""),
         ("open (attributes only)", f"{t_open * 1e3:.1f} ms", ""),
-        ("open → first training batch, stored tokens", f"{t_first:.2f} s",
-         f"load {t_load:.2f} s (tokenizer, train split {len(train)}); goal < 2 s: "
-         + ("met" if t_first < 2 else "NOT met")),
+        (
+            "open → first training batch, stored tokens",
+            f"{t_first:.2f} s",
+            f"load {t_load:.2f} s (tokenizer, train split {len(train)}); goal < 2 s: "
+            + ("met" if t_first < 2 else "NOT met"),
+        ),
         ("open → first training batch, tokenizing at load", f"{t_first_tok:.2f} s", f"load {t_load_tok:.2f} s"),
-        (f"one pass over train, batch {BATCH}, collate only", f"{t_pass:.2f} s",
-         f"{batches} batches, {t_pass / batches * 1e3:.1f} ms each"),
+        (
+            f"one pass over train, batch {BATCH}, collate only",
+            f"{t_pass:.2f} s",
+            f"{batches} batches, {t_pass / batches * 1e3:.1f} ms each",
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"| {'what':{width}s} | {'time':>9s} | note |")

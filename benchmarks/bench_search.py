@@ -10,6 +10,7 @@ cost per trial. Prints:
 
     python benchmarks/bench_search.py [--trials 6]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,17 +45,39 @@ def main() -> None:
     encoder = build_tiny_text_encoder(tmp / "enc")
     space = tmp / "space.yaml"
     space.write_text("train.lr: {loguniform: [1.0e-4, 1.0e-3]}\n")
-    raw = {"name": "bench", "seed": 1, "data": {"path": str(data)},
-           "model": {"text_encoder": str(encoder), "hidden_size": 32, "encoder_feedforward": 64,
-                     "fusion_feedforward": 64, "fbp_hidden": 8},
-           "train": {"epochs": 2, "batch_size": 32, "lr": 5.0e-4, "device": "cpu", "patience": 0,
-                     "out_dir": str(tmp / "plain")},
-           "search": {"space": str(space), "num_samples": args.trials, "max_concurrent": 1, "scheduler": "fifo",
-                      "storage_path": str(tmp / "ray"), "resources": {"cpu": 2}},
-           "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "bench"}}
+    raw = {
+        "name": "bench",
+        "seed": 1,
+        "data": {"path": str(data)},
+        "model": {
+            "text_encoder": str(encoder),
+            "hidden_size": 32,
+            "encoder_feedforward": 64,
+            "fusion_feedforward": 64,
+            "fbp_hidden": 8,
+        },
+        "train": {
+            "epochs": 2,
+            "batch_size": 32,
+            "lr": 5.0e-4,
+            "device": "cpu",
+            "patience": 0,
+            "out_dir": str(tmp / "plain"),
+        },
+        "search": {
+            "space": str(space),
+            "num_samples": args.trials,
+            "max_concurrent": 1,
+            "scheduler": "fifo",
+            "storage_path": str(tmp / "ray"),
+            "resources": {"cpu": 2},
+        },
+        "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "bench"},
+    }
     cfg = from_dict(raw, "bench")
 
     import torch
+
     torch.set_num_threads(2)
 
     def plain_loop(n: int) -> float:
@@ -77,18 +100,22 @@ def main() -> None:
 
     n1, n2 = args.trials, 2 * args.trials
     p1, p2 = plain_loop(n1), plain_loop(n2)
-    search(1)                                     # warm-up: file caches, first Ray start
+    search(1)  # warm-up: file caches, first Ray start
     s1, _, _ = search(n1)
     s2, t2, r2 = search(n2)
     marginal = ((s2 - s1) - (p2 - p1)) / (n2 - n1)
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}; trials run one at a time")
     print(f"plain loop : {n1} trainings {p1:.1f} s, {n2} trainings {p2:.1f} s ({(p2 - p1) / (n2 - n1):.2f} s each)")
-    print(f"sati search: {n1} trials {s1:.1f} s, {n2} trials {s2:.1f} s ({(s2 - s1) / (n2 - n1):.2f} s each; "
-          f"the rest is fixed: Ray start, MLflow parent run, summary plots)")
+    print(
+        f"sati search: {n1} trials {s1:.1f} s, {n2} trials {s2:.1f} s ({(s2 - s1) / (n2 - n1):.2f} s each; "
+        f"the rest is fixed: Ray start, MLflow parent run, summary plots)"
+    )
     print(f"overhead per trial (marginal): {marginal:.2f} s (goal <= 2 s)")
     print(f"fixed cost of a search: {s1 - n1 * (s2 - s1) / (n2 - n1):.1f} s")
-    print(f"worker time spent training ({n2} trials): {100 * r2 / max(t2, 1e-9):.0f} % ({r2:.1f} s of {t2:.1f} s); "
-          f"worker-side overhead {(t2 - r2) / n2:.2f} s per trial (model build, checkpoints, reports)")
+    print(
+        f"worker time spent training ({n2} trials): {100 * r2 / max(t2, 1e-9):.0f} % ({r2:.1f} s of {t2:.1f} s); "
+        f"worker-side overhead {(t2 - r2) / n2:.2f} s per trial (model build, checkpoints, reports)"
+    )
 
 
 if __name__ == "__main__":

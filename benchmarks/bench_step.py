@@ -12,6 +12,7 @@ Prints the machine, then a table of medians over N timed runs (after warm-up):
 Nothing is downloaded. About 50 s on 2 idle CPU cores (use --threads 1 when another process is busy:
 with two threads, contention for the cores makes the steps several times slower).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,9 +54,14 @@ def machine(device: torch.device) -> list[tuple[str, str]]:
     except (OSError, StopIteration):
         pass
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    rows = [("cpu", cpu), ("cores", f"{os.cpu_count()} (torch threads {torch.get_num_threads()})"),
-            ("load", f"{load} (1/5/15 min averages at start; other busy processes slow the timings)"),
-            ("torch", torch.__version__), ("python", platform.python_version()), ("device", str(device))]
+    rows = [
+        ("cpu", cpu),
+        ("cores", f"{os.cpu_count()} (torch threads {torch.get_num_threads()})"),
+        ("load", f"{load} (1/5/15 min averages at start; other busy processes slow the timings)"),
+        ("torch", torch.__version__),
+        ("python", platform.python_version()),
+        ("device", str(device)),
+    ]
     if device.type == "cuda":
         rows.append(("gpu", torch.cuda.get_device_name(device)))
     return rows
@@ -114,13 +120,19 @@ def random_output(device: torch.device, hidden: int = 128, seed: int = 0) -> tup
     av = torch.arange(STEPS)[None] < torch.randint(4, STEPS + 1, (BATCH, 1), generator=g)
     tx = torch.arange(STEPS)[None] < torch.randint(4, STEPS + 1, (BATCH, 1), generator=g)
     out = SATIOutput(
-        prediction=rnd(BATCH), shared_means=torch.sigmoid(rnd(3, BATCH, hidden)),
+        prediction=rnd(BATCH),
+        shared_means=torch.sigmoid(rnd(3, BATCH, hidden)),
         private_means=torch.sigmoid(rnd(3, BATCH, hidden)),
-        video_codes=torch.sigmoid(rnd(BATCH, STEPS, 2 * hidden)), video_mask=av,
-        projections=rnd(3, BATCH, STEPS, hidden), projection_masks=torch.stack([tx, av, av]),
-        reconstructions=rnd(3, BATCH, hidden), gates=torch.ones(2, BATCH, STEPS),
-        domain_features=torch.relu(rnd(6, BATCH, hidden)), domain_labels=torch.arange(6) % 3,
-        domain_classes=rnd(3, hidden))
+        video_codes=torch.sigmoid(rnd(BATCH, STEPS, 2 * hidden)),
+        video_mask=av,
+        projections=rnd(3, BATCH, STEPS, hidden),
+        projection_masks=torch.stack([tx, av, av]),
+        reconstructions=rnd(3, BATCH, hidden),
+        gates=torch.ones(2, BATCH, STEPS),
+        domain_features=torch.relu(rnd(6, BATCH, hidden)),
+        domain_labels=torch.arange(6) % 3,
+        domain_classes=rnd(3, hidden),
+    )
     labels = 3 * torch.tanh(rnd(BATCH))
     moved = {f.name: getattr(out, f.name).to(device) for f in dataclasses.fields(out)}
     return SATIOutput(**moved), labels.to(device)
@@ -135,14 +147,20 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     on_cpu = device.type == "cpu"
-    reps = dict(tiny=(3, 1) if args.quick else (10, 2), minilm=(2, 1) if args.quick else (5, 1),
-                vec=(10, 2) if args.quick else (50, 5), loop=(1, 0) if args.quick else (3, 1))
+    reps = dict(
+        tiny=(3, 1) if args.quick else (10, 2),
+        minilm=(2, 1) if args.quick else (5, 1),
+        vec=(10, 2) if args.quick else (50, 5),
+        loop=(1, 0) if args.quick else (3, 1),
+    )
 
     print("SATI step benchmark —", time.strftime("%Y-%m-%d %H:%M"))
     for k, v in machine(device):
         print(f"  {k:7s} {v}")
-    print(f"  shapes  batch {BATCH}, sequence {STEPS}, audio {AUDIO}, video {VIDEO}, "
-          f"default ModelConfig (hidden 128, feedforward 2048)\n")
+    print(
+        f"  shapes  batch {BATCH}, sequence {STEPS}, audio {AUDIO}, video {VIDEO}, "
+        f"default ModelConfig (hidden 128, feedforward 2048)\n"
+    )
 
     rows: list[tuple[str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -154,8 +172,9 @@ def main() -> None:
                 step, params = train_step_fn(name, device, bf16)
                 runs, warm = reps[key]
                 t, n = median_time(step, runs, warm, device)
-                rows.append((f"train step, {label}, {mode}", f"{t * 1e3:10.1f} ms", f"{n}",
-                             f"{params / 1e6:.2f} M params"))
+                rows.append(
+                    (f"train step, {label}, {mode}", f"{t * 1e3:10.1f} ms", f"{n}", f"{params / 1e6:.2f} M params")
+                )
                 del step
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -165,9 +184,18 @@ def main() -> None:
     vec = lambda: losses.total_loss(out, labels, cfg, ablation).total
 
     def vec_backward() -> None:
-        leaf = {k: getattr(out, k).detach().requires_grad_(True) for k in
-                ("prediction", "shared_means", "video_codes", "projections", "reconstructions", "domain_features",
-                 "domain_classes")}
+        leaf = {
+            k: getattr(out, k).detach().requires_grad_(True)
+            for k in (
+                "prediction",
+                "shared_means",
+                "video_codes",
+                "projections",
+                "reconstructions",
+                "domain_features",
+                "domain_classes",
+            )
+        }
         losses.total_loss(dataclasses.replace(out, **leaf), labels, cfg, ablation).total.backward()
 
     loop = lambda: ref.total_loss(out, labels, cfg, ablation)["total"]
@@ -175,12 +203,22 @@ def main() -> None:
     t_vec_bw, _ = median_time(vec_backward, *reps["vec"], device)
     t_loop, n_loop = median_time(loop, *reps["loop"], device)
     v_vec, v_loop = float(vec()), float(loop())
-    rows += [("losses, vectorized (forward)", f"{t_vec * 1e3:10.2f} ms", f"{n_vec}", f"L = {v_vec:.6f}"),
-             ("losses, vectorized (forward + backward)", f"{t_vec_bw * 1e3:10.2f} ms", f"{n_vec}", ""),
-             ("losses, loop forms (tests/reference_losses.py)", f"{t_loop * 1e3:10.1f} ms", f"{n_loop}",
-              f"L = {v_loop:.6f}"),
-             ("speed-up, loop / vectorized (forward)", f"{t_loop / t_vec:10.0f} ×", "",
-              "goal ≥ 20×: " + ("met" if t_loop / t_vec >= 20 else "NOT met"))]
+    rows += [
+        ("losses, vectorized (forward)", f"{t_vec * 1e3:10.2f} ms", f"{n_vec}", f"L = {v_vec:.6f}"),
+        ("losses, vectorized (forward + backward)", f"{t_vec_bw * 1e3:10.2f} ms", f"{n_vec}", ""),
+        (
+            "losses, loop forms (tests/reference_losses.py)",
+            f"{t_loop * 1e3:10.1f} ms",
+            f"{n_loop}",
+            f"L = {v_loop:.6f}",
+        ),
+        (
+            "speed-up, loop / vectorized (forward)",
+            f"{t_loop / t_vec:10.0f} ×",
+            "",
+            "goal ≥ 20×: " + ("met" if t_loop / t_vec >= 20 else "NOT met"),
+        ),
+    ]
 
     width = max(len(r[0]) for r in rows)
     print(f"| {'what':{width}s} | {'median':>13s} | runs | note |")

@@ -4,6 +4,7 @@ A checkpoint holds the model and optimizer state, the epoch, the resolved config
 and library versions, plus the trainer's bookkeeping (best value, history) needed to resume.
 A JSON sidecar (same name, ``.json``) repeats everything but the tensors for humans and tools.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,14 @@ def versions() -> dict[str, str]:
     import transformers
 
     import sati
-    return {"sati": sati.__version__, "torch": str(torch.__version__), "transformers": transformers.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version()}
+
+    return {
+        "sati": sati.__version__,
+        "torch": str(torch.__version__),
+        "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def atomic_write(path: Path, write) -> None:
@@ -46,14 +53,31 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    epoch: int, config: dict, metrics: dict[str, float], state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    epoch: int,
+    config: dict,
+    metrics: dict[str, float],
+    state: dict[str, Any],
+) -> Path:
     """Write ``path`` (and its JSON sidecar) atomically; ``state`` is trainer bookkeeping (plain values)."""
     path = Path(path)
-    meta = {"format_version": FORMAT_VERSION, "epoch": epoch, "config": config, "metrics": metrics,
-            "versions": versions(), "state": state}
-    payload = {**meta, "model": model.state_dict(),
-               "optimizer": optimizer.state_dict() if optimizer is not None else None}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "epoch": epoch,
+        "config": config,
+        "metrics": metrics,
+        "versions": versions(),
+        "state": state,
+    }
+    payload = {
+        **meta,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+    }
     atomic_write(path, lambda f: torch.save(payload, f))
     atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=2, default=str).encode()))
     return path

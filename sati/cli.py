@@ -1,4 +1,5 @@
 """Command line: ``sati train | search | promote | evaluate | predict | config | data``."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,14 @@ from sati.model_commands import add_model_commands, run_model_command
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value by dotted key, e.g. --set train.lr=3.0e-5 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value by dotted key, e.g. --set train.lr=3.0e-5 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,19 +29,31 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one model on the train split, select on validation")
     train.add_argument("pipeline", help="pipeline YAML, e.g. pipelines/quickstart.yaml")
     _add_overrides(train)
-    train.add_argument("--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
-                       help="continue from a checkpoint (default: <train.out_dir>/checkpoints/last.pt)")
-    train.add_argument("--eval-test", action="store_true",
-                       help="also evaluate the best checkpoint on the test split at the end")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from a checkpoint (default: <train.out_dir>/checkpoints/last.pt)",
+    )
+    train.add_argument(
+        "--eval-test", action="store_true", help="also evaluate the best checkpoint on the test split at the end"
+    )
 
     search = sub.add_parser("search", help="hyperparameter search: Ray Tune trials, Optuna sampling, MLflow runs")
     search.add_argument("pipeline", nargs="?", help="pipeline YAML with a search section")
     _add_overrides(search)
     search.add_argument("--address", default=None, help="Ray cluster address (overrides search.ray_address)")
-    search.add_argument("--resume", metavar="SEARCH_DIR_OR_RUN_ID", default=None,
-                        help="continue an interrupted search (its directory or MLflow parent run id)")
-    search.add_argument("--tracking-uri", default=None,
-                        help="with --resume RUN_ID: the MLflow tracking URI (default: the local store)")
+    search.add_argument(
+        "--resume",
+        metavar="SEARCH_DIR_OR_RUN_ID",
+        default=None,
+        help="continue an interrupted search (its directory or MLflow parent run id)",
+    )
+    search.add_argument(
+        "--tracking-uri", default=None, help="with --resume RUN_ID: the MLflow tracking URI (default: the local store)"
+    )
 
     config = sub.add_parser("config", help="validate a pipeline and print it resolved")
     config.add_argument("pipeline")
@@ -50,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from sati.checkpoint import CheckpointError
     from sati.data.h5format import DataError
     from sati.tracking import TrackingError
+
     try:
         if args.command == "train":
             return _train(args)
@@ -57,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             return _search(args)
         if args.command == "config":
             import yaml
+
             print(yaml.safe_dump(load_pipeline(args.pipeline, args.overrides).to_dict(), sort_keys=False), end="")
             return 0
         if args.command == "data":
@@ -71,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _search(args) -> int:
     from sati.search.runner import resume_search, run_search
+
     if args.resume:
         outcome = resume_search(args.resume, tracking_uri=args.tracking_uri)
     else:
@@ -94,8 +116,10 @@ def _train(args) -> int:
     if args.resume is not None:
         resume = Path(cfg.train.out_dir) / "checkpoints" / "last.pt" if args.resume == "last" else Path(args.resume)
     datasets, info = load_split_datasets(cfg, ("train", "valid"))
-    print(f"data {info.path}: train {len(datasets['train'])}, valid {len(datasets['valid'])} "
-          f"(audio {info.audio_dim}-d, video {info.video_dim}-d); device {resolve_device(cfg.train.device)}")
+    print(
+        f"data {info.path}: train {len(datasets['train'])}, valid {len(datasets['valid'])} "
+        f"(audio {info.audio_dim}-d, video {info.video_dim}-d); device {resolve_device(cfg.train.device)}"
+    )
     try:
         result = fit(cfg, ConsoleReporter(cfg.train.epochs), resume=resume, datasets=datasets, info=info)
     except NonFiniteLossError as err:
@@ -114,8 +138,10 @@ def _train(args) -> int:
     print()
     print(format_table(metrics, splits))
     stop = " (stopped early)" if result.stopped_early else ""
-    print(f"\nbest checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, "
-          f"{cfg.train.selection_metric} {result.best_metrics.get(cfg.train.selection_metric, float('nan')):.4f}){stop}")
+    print(
+        f"\nbest checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, "
+        f"{cfg.train.selection_metric} {result.best_metrics.get(cfg.train.selection_metric, float('nan')):.4f}){stop}"
+    )
     return 0
 
 

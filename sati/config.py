@@ -8,6 +8,7 @@ the dotted key, the value and what was expected (and, for a typo, the closest va
 Paper symbols: ``loss.consistency_weight`` α, ``loss.temporal_weight`` β, ``loss.domain_weight``
 γ, ``loss.margin`` τ, ``loss.scale`` s, ``model.fbp_pool`` k, ``model.fbp_hidden`` o.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -36,8 +37,9 @@ def _spec(default: Any = dataclasses.MISSING, *, ge=None, gt=None, le=None, lt=N
 @dataclass(frozen=True)
 class DataConfig:
     path: str = _spec("data/synth.h5", help="canonical SATI HDF5 dataset file")
-    generate: Optional[Literal["mosi", "mosei"]] = _spec(
-        None, help="generate a synthetic dataset with this preset at `path` if the file is absent")
+    generate: Literal["mosi", "mosei"] | None = _spec(
+        None, help="generate a synthetic dataset with this preset at `path` if the file is absent"
+    )
     generate_scale: float = _spec(1.0, gt=0.0, le=1.0, help="fraction of the preset's split sizes")
     max_text_tokens: int = _spec(50, ge=3, le=512, help="per-sample text token budget, specials included")
     num_workers: int = _spec(0, ge=0)
@@ -48,7 +50,8 @@ class ModelConfig:
     text_encoder: str = _spec(
         "roberta-base",
         help="Hugging Face name or local directory, `package:<module>` for an encoder shipped in a "
-             "Python package, or `precomputed` to use the dataset's text features")
+        "Python package, or `precomputed` to use the dataset's text features",
+    )
     freeze_text_layers: int = _spec(0, ge=-1, help="freeze embeddings + this many bottom layers; -1 freezes all")
     hidden_size: int = _spec(128, ge=8, help="H; even and divisible by cross_attention_heads")
     dropout: float = _spec(0.6, ge=0.0, lt=1.0, help="discriminator and fusion-MLP dropout")
@@ -62,8 +65,10 @@ class ModelConfig:
     fbp_pool: int = _spec(2, ge=1, help="k: FBP sum-pool size")
     fbp_dropout: float = _spec(0.4, ge=0.0, lt=1.0)
     gate: Literal["linear", "sigmoid", "sign"] = _spec(
-        "linear", help="linear: paper Eq. 12; sigmoid: bounded trainable gate; "
-                       "sign: the reference code's binarized gate (its parameters never train)")
+        "linear",
+        help="linear: paper Eq. 12; sigmoid: bounded trainable gate; "
+        "sign: the reference code's binarized gate (its parameters never train)",
+    )
     fusion_heads: int = _spec(1, ge=1)
     fusion_feedforward: int = _spec(2048, ge=1)
     reverse_grad_weight: float = _spec(1.0, ge=0.0, help="λ of the gradient-reversal layer")
@@ -74,14 +79,15 @@ class LossConfig:
     consistency_weight: float = _spec(1.0, ge=0.0, help="α: CMD consistency")
     temporal_weight: float = _spec(1.0, ge=0.0, help="β: temporal-invariance JSD (the term is ~1e-4)")
     domain_weight: float = _spec(0.4, ge=0.0, help="γ: angular-margin modality discrimination")
-    reconstruction_weight: float = _spec(
-        0.0, ge=0.0, help="not in the paper (Eq. 14); the reference code uses 1.0")
+    reconstruction_weight: float = _spec(0.0, ge=0.0, help="not in the paper (Eq. 14); the reference code uses 1.0")
     margin: float = _spec(0.5, ge=0.0, lt=3.1416, help="τ")
     scale: float = _spec(30.0, gt=0.0, help="s")
     margin_form: Literal["arcface", "cosface"] = _spec(
-        "arcface", help="arcface: cos(θ+τ) as in paper Eq. 4; cosface: cos θ − τ as the reference code")
+        "arcface", help="arcface: cos(θ+τ) as in paper Eq. 4; cosface: cos θ − τ as the reference code"
+    )
     domain_reduction: Literal["mean", "sum"] = _spec(
-        "mean", help="over the three modalities: mean (reference code) or sum (paper Eq. 5)")
+        "mean", help="over the three modalities: mean (reference code) or sum (paper Eq. 5)"
+    )
     domain_l2: float = _spec(0.01, ge=0.0, help="λ‖W‖² on the class weights, per code group")
     cmd_moments: int = _spec(5, ge=1)
 
@@ -89,6 +95,7 @@ class LossConfig:
 @dataclass(frozen=True)
 class AblationConfig:
     """Table II switches: turning one off removes that component."""
+
     til: bool = _spec(True, help="temporal-invariance learning (the β term)")
     gate: bool = _spec(True, help="the FBP gate (off: both streams pass ungated)")
     adversarial: bool = _spec(True, help="the modality discriminator and its γ term")
@@ -100,7 +107,7 @@ class TrainConfig:
     batch_size: int = _spec(64, ge=1)
     eval_batch_size: int = _spec(128, ge=1)
     lr: float = _spec(1.7e-5, gt=0.0)
-    text_encoder_lr: Optional[float] = _spec(None, gt=0.0, help="defaults to lr")
+    text_encoder_lr: float | None = _spec(None, gt=0.0, help="defaults to lr")
     weight_decay: float = _spec(0.0, ge=0.0)
     clip_mode: Literal["value", "norm", "none"] = _spec("value")
     clip: float = _spec(1.0, gt=0.0)
@@ -109,7 +116,7 @@ class TrainConfig:
     selection_mode: Literal["min", "max"] = _spec("min")
     device: str = _spec("auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
     precision: Literal["auto", "fp32", "bf16"] = _spec("auto", help="auto: bf16 autocast on CUDA")
-    max_steps_per_epoch: Optional[int] = _spec(None, ge=1, help="cap for smoke runs")
+    max_steps_per_epoch: int | None = _spec(None, ge=1, help="cap for smoke runs")
     out_dir: str = _spec("runs/sati")
 
 
@@ -121,7 +128,7 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    space: Optional[str] = _spec(None, help="search space YAML (dotted config keys → distributions)")
+    space: str | None = _spec(None, help="search space YAML (dotted config keys → distributions)")
     metric: str = _spec("valid/mae", help="a valid/* metric; the search never sees test metrics")
     mode: Literal["min", "max"] = _spec("min")
     num_samples: int = _spec(8, ge=1, help="number of trials")
@@ -130,24 +137,28 @@ class SearchConfig:
     grace_period: int = _spec(1, ge=1, help="epochs before ASHA/HyperBand may stop a trial")
     reduction_factor: int = _spec(3, ge=2)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    time_budget_s: Optional[float] = _spec(None, gt=0.0, help="stop starting trials after this many seconds")
+    time_budget_s: float | None = _spec(None, gt=0.0, help="stop starting trials after this many seconds")
     max_failures: int = _spec(1, ge=0, help="retries of a trial after an infrastructure failure")
-    reuse_actors: bool = _spec(True, help="run successive trials in the same worker process (saves the "
-                                          "per-trial start-up); false gives each trial a fresh process")
+    reuse_actors: bool = _spec(
+        True,
+        help="run successive trials in the same worker process (saves the "
+        "per-trial start-up); false gives each trial a fresh process",
+    )
     storage_path: str = _spec("runs/search", help="local dir, shared mount, or s3:// / gs:// URI for checkpoints")
-    ray_address: Optional[str] = _spec(None, help="Ray cluster address (ray://host:10001, host:6379, auto); "
-                                                  "none starts a local Ray for the search")
+    ray_address: str | None = _spec(
+        None, help="Ray cluster address (ray://host:10001, host:6379, auto); none starts a local Ray for the search"
+    )
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    uri: Optional[str] = _spec(None, help="MLflow tracking URI; none: sqlite:///<cwd>/mlflow.db")
+    uri: str | None = _spec(None, help="MLflow tracking URI; none: sqlite:///<cwd>/mlflow.db")
     experiment: str = _spec("sati")
 
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    model_name: Optional[str] = None
+    model_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,7 +177,7 @@ class PipelineConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def replace(self, overrides: dict[str, Any], source: str = "overrides") -> "PipelineConfig":
+    def replace(self, overrides: dict[str, Any], source: str = "overrides") -> PipelineConfig:
         """A copy with dotted-key overrides applied and validated."""
         merged = self.to_dict()
         for key, value in overrides.items():
@@ -196,8 +207,9 @@ def load_pipeline(path: str | Path, overrides: list[str] | dict[str, Any] | None
     path = Path(path)
     cfg = from_dict(read_yaml_mapping(path, "pipeline"), str(path))
     if overrides:
-        cfg = cfg.replace(parse_overrides(overrides) if isinstance(overrides, list) else overrides,
-                          source=f"{path} (--set)")
+        cfg = cfg.replace(
+            parse_overrides(overrides) if isinstance(overrides, list) else overrides, source=f"{path} (--set)"
+        )
     return cfg
 
 
@@ -289,8 +301,9 @@ def _describe(tp: Any, meta: dict) -> str:
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return _describe(inner[0], meta) + " or null"
-    bounds = [f"{op} {meta[k]}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-              if meta.get(k) is not None]
+    bounds = [
+        f"{op} {meta[k]}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if meta.get(k) is not None
+    ]
     return f"{getattr(tp, '__name__', tp)}" + (f" {' and '.join(bounds)}" if bounds else "")
 
 
@@ -326,11 +339,14 @@ def _check_value(tp: Any, value: Any, meta: dict, source: str, key: str):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad()
         value = float(value)
-    elif tp is str:
-        if not isinstance(value, str):
-            raise bad()
-    for k, ok in (("ge", lambda v, b: v >= b), ("gt", lambda v, b: v > b),
-                  ("le", lambda v, b: v <= b), ("lt", lambda v, b: v < b)):
+    elif tp is str and not isinstance(value, str):
+        raise bad()
+    for k, ok in (
+        ("ge", lambda v, b: v >= b),
+        ("gt", lambda v, b: v > b),
+        ("le", lambda v, b: v <= b),
+        ("lt", lambda v, b: v < b),
+    ):
         if meta.get(k) is not None and not ok(value, meta[k]):
             raise bad()
     return value
@@ -339,7 +355,7 @@ def _check_value(tp: Any, value: Any, meta: dict, source: str, key: str):
 def _set_dotted(tree: dict, key: str, value: Any, source: str) -> None:
     parts = key.split(".")
     node = tree
-    for i, part in enumerate(parts[:-1]):
+    for _i, part in enumerate(parts[:-1]):
         if not isinstance(node.get(part), dict):
             raise _unknown(source, key)
         node = node[part]
@@ -352,14 +368,19 @@ def _validate(cfg: PipelineConfig, source: str) -> PipelineConfig:
     """Checks that involve more than one key."""
     m = cfg.model
     if m.hidden_size % 2 or m.hidden_size % m.cross_attention_heads:
-        raise ConfigError(f"{source}: model.hidden_size = {m.hidden_size}: expected an even number divisible "
-                          f"by model.cross_attention_heads = {m.cross_attention_heads}")
+        raise ConfigError(
+            f"{source}: model.hidden_size = {m.hidden_size}: expected an even number divisible "
+            f"by model.cross_attention_heads = {m.cross_attention_heads}"
+        )
     if (2 * m.hidden_size) % m.fusion_heads:
-        raise ConfigError(f"{source}: model.fusion_heads = {m.fusion_heads}: must divide 2 * model.hidden_size "
-                          f"= {2 * m.hidden_size}")
+        raise ConfigError(
+            f"{source}: model.fusion_heads = {m.fusion_heads}: must divide 2 * model.hidden_size = {2 * m.hidden_size}"
+        )
     if not cfg.train.selection_metric.startswith("valid/"):
-        raise ConfigError(f"{source}: train.selection_metric = {cfg.train.selection_metric!r}: expected a "
-                          "validation metric such as 'valid/mae' (the test split is never used for selection)")
+        raise ConfigError(
+            f"{source}: train.selection_metric = {cfg.train.selection_metric!r}: expected a "
+            "validation metric such as 'valid/mae' (the test split is never used for selection)"
+        )
     if cfg.search.metric and not cfg.search.metric.startswith("valid/"):
         raise ConfigError(f"{source}: search.metric = {cfg.search.metric!r}: expected a 'valid/*' metric")
     return cfg

@@ -1,4 +1,5 @@
 """Device choice and mixed precision."""
+
 from __future__ import annotations
 
 import contextlib

@@ -8,13 +8,13 @@ models (e.g. one per seed) each cell is mean ± std over the models.
 Metric keys: ``<split>/<metric>`` for the clean row, ``<split>/noise0.5/<metric>``,
 ``<split>/drop_audio/<metric>`` for the others; ``..._std`` beside each with several models.
 """
+
 from __future__ import annotations
 
 import re
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -23,15 +23,24 @@ from sati.metrics import PAPER_METRICS, regression_metrics
 from sati.predictor import SATIPredictor
 
 MODALITIES = ("text", "audio", "video")
-_COLUMNS = (("MAE", "mae", 1), ("Corr", "corr", 1), ("Acc-2 has0", "acc2_has0", 100), ("Acc-2 non0", "acc2_non0", 100),
-            ("F1 has0", "f1_has0", 100), ("F1 non0", "f1_non0", 100), ("Acc-7", "acc7", 100), ("Acc-5", "acc5", 100))
+_COLUMNS = (
+    ("MAE", "mae", 1),
+    ("Corr", "corr", 1),
+    ("Acc-2 has0", "acc2_has0", 100),
+    ("Acc-2 non0", "acc2_non0", 100),
+    ("F1 has0", "f1_has0", 100),
+    ("F1 non0", "f1_non0", 100),
+    ("Acc-7", "acc7", 100),
+    ("Acc-5", "acc5", 100),
+)
 
 
 @dataclass(frozen=True)
 class Condition:
     """One table row: the clean split, Gaussian noise on audio and video, or one modality removed."""
+
     noise: float = 0.0
-    drop: Optional[str] = None
+    drop: str | None = None
 
     @property
     def key(self) -> str:
@@ -57,7 +66,7 @@ def perturb(arrays: SplitArrays, condition: Condition, seed: int = 0) -> SplitAr
     """The split as ``condition`` sees it (a copy; padding stays zero)."""
     if condition.noise:
         rng = np.random.default_rng(seed)
-        real = (np.arange(arrays.audio.shape[1])[None, :] < arrays.lengths[:, None])[..., None]   # [N, T, 1]
+        real = (np.arange(arrays.audio.shape[1])[None, :] < arrays.lengths[:, None])[..., None]  # [N, T, 1]
         audio = arrays.audio + condition.noise * rng.standard_normal(arrays.audio.shape, dtype=np.float32) * real
         video = arrays.video + condition.noise * rng.standard_normal(arrays.video.shape, dtype=np.float32) * real
         return replace(arrays, audio=audio.astype(np.float32), video=video.astype(np.float32))
@@ -69,8 +78,9 @@ def perturb(arrays: SplitArrays, condition: Condition, seed: int = 0) -> SplitAr
     return arrays
 
 
-def evaluate_models(predictors: list[SATIPredictor], arrays: SplitArrays, split: str,
-                    conds: list[Condition]) -> dict[Condition, list[dict[str, float]]]:
+def evaluate_models(
+    predictors: list[SATIPredictor], arrays: SplitArrays, split: str, conds: list[Condition]
+) -> dict[Condition, list[dict[str, float]]]:
     """Each model's paper metrics under each condition, keyed ``<split>/<metric>``."""
     out = {}
     for cond in conds:
@@ -114,10 +124,18 @@ def markdown_table(results: dict[Condition, list[dict[str, float]]], split: str)
 
 def latex_table(results: dict[Condition, list[dict[str, float]]], split: str, caption: str) -> str:
     """The same table as a booktabs LaTeX ``table``."""
+
     def esc(s: str) -> str:
         return re.sub(r"([_%&#])", r"\\\1", s).replace("σ", r"$\sigma$")
-    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "c" * len(_COLUMNS) + "}", r"\toprule",
-             " & ".join(["Condition"] + [c for c, _, _ in _COLUMNS]) + r" \\", r"\midrule"]
+
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{l" + "c" * len(_COLUMNS) + "}",
+        r"\toprule",
+        " & ".join(["Condition"] + [c for c, _, _ in _COLUMNS]) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join([esc(cond.label)] + _cells(r, split, True)) + r" \\" for cond, r in results.items()]
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(caption)}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
@@ -126,10 +144,12 @@ def latex_table(results: dict[Condition, list[dict[str, float]]], split: str, ca
 # --------------------------------------------------------------------------------------------
 # Loading any model
 
+
 def load_predictor(uri: str, model_uri: str) -> SATIPredictor:
     """A model by URI: ``models:/name@alias``, ``models:/name/3``, ``runs:/<id>/model`` or a model folder
     (logged by ``sati promote``), ``runs:/<trial run id>`` (its ``checkpoint/best.pt``), or a ``.pt`` file."""
     from sati import registry
+
     if model_uri.endswith(".pt") and Path(model_uri).is_file():
         return SATIPredictor(model_uri)
     m = re.match(r"^runs:/([0-9a-f]{32})/?(checkpoint/best\.pt)?$", model_uri)

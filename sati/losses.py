@@ -5,6 +5,7 @@ Total (paper Eq. 14, plus the reference code's reconstruction term):
 with α = ``loss.consistency_weight``, β = ``loss.temporal_weight``, γ = ``loss.domain_weight``,
 w_rec = ``loss.reconstruction_weight``. Padded steps are excluded everywhere.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from sati.config import AblationConfig, LossConfig
 from sati.model.sati import SATIOutput
 
-_PAIRS = (torch.tensor([0, 0, 1]), torch.tensor([2, 1, 2]))   # (t, v), (t, a), (a, v)
+_PAIRS = (torch.tensor([0, 0, 1]), torch.tensor([2, 1, 2]))  # (t, v), (t, a), (a, v)
 
 
 def task_loss(prediction: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -25,7 +26,7 @@ def task_loss(prediction: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _norm(x: torch.Tensor) -> torch.Tensor:
-    return torch.sqrt((x * x).sum(-1) + 1e-12)   # eps keeps the gradient finite at exact equality
+    return torch.sqrt((x * x).sum(-1) + 1e-12)  # eps keeps the gradient finite at exact equality
 
 
 def cmd(x: torch.Tensor, y: torch.Tensor, moments: int = 5) -> torch.Tensor:
@@ -37,8 +38,8 @@ def cmd(x: torch.Tensor, y: torch.Tensor, moments: int = 5) -> torch.Tensor:
     mx, my = x.mean(-2, keepdim=True), y.mean(-2, keepdim=True)
     cx, cy = x - mx, y - my
     total = _norm(mx.squeeze(-2) - my.squeeze(-2))
-    for k in range(2, moments + 1):   # over moments, not data
-        total = total + _norm((cx ** k).mean(-2) - (cy ** k).mean(-2))
+    for k in range(2, moments + 1):  # over moments, not data
+        total = total + _norm((cx**k).mean(-2) - (cy**k).mean(-2))
     return total
 
 
@@ -59,36 +60,46 @@ def temporal_jsd(codes: torch.Tensor, mask: torch.Tensor, eps: float = 1e-10) ->
     batch average P_t, P_{t+1} runs over samples real at both steps; pairs with none are skipped.
     Returns 0 when no pair exists (T = 1).
     """
-    p = torch.softmax(codes, dim=-1)                                    # [B, T, C]
-    pair = (mask[:, :-1] & mask[:, 1:]).to(p.dtype).unsqueeze(-1)       # [B, T-1, 1]
-    count = pair.sum(0)                                                 # [T-1, 1]
-    p_now = (p[:, :-1] * pair).sum(0) / count.clamp_min(1)              # [T-1, C]
+    p = torch.softmax(codes, dim=-1)  # [B, T, C]
+    pair = (mask[:, :-1] & mask[:, 1:]).to(p.dtype).unsqueeze(-1)  # [B, T-1, 1]
+    count = pair.sum(0)  # [T-1, 1]
+    p_now = (p[:, :-1] * pair).sum(0) / count.clamp_min(1)  # [T-1, C]
     p_next = (p[:, 1:] * pair).sum(0) / count.clamp_min(1)
     mid = (p_now + p_next) / 2
-    jsd = 0.5 * _kl(p_now, mid, eps) + 0.5 * _kl(p_next, mid, eps)      # [T-1]
+    jsd = 0.5 * _kl(p_now, mid, eps) + 0.5 * _kl(p_next, mid, eps)  # [T-1]
     used = (count.squeeze(-1) > 0).to(p.dtype)
     return (jsd * used).sum() / used.sum().clamp_min(1)
 
 
-def angular_margin_logits(features: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor,
-                          scale: float, margin: float, form: str) -> torch.Tensor:
+def angular_margin_logits(
+    features: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, scale: float, margin: float, form: str
+) -> torch.Tensor:
     """Scaled cosine logits with an additive angular margin on the true class.
 
     features: [..., H], labels: [...] long, classes: [C, H] → [..., C].
     arcface (paper Eq. 4): s·cos(θ_y + τ); cosface (reference code): s·(cos θ_y − τ).
     """
-    cos = F.normalize(features, dim=-1) @ F.normalize(classes, dim=-1).t()      # [..., C]
+    cos = F.normalize(features, dim=-1) @ F.normalize(classes, dim=-1).t()  # [..., C]
     if form == "cosface":
         target = cos - margin
     else:
         sin = torch.sqrt((1 - cos * cos).clamp_min(1e-12))
-        target = cos * math.cos(margin) - sin * math.sin(margin)               # cos(θ + τ), θ ∈ [0, π]
+        target = cos * math.cos(margin) - sin * math.sin(margin)  # cos(θ + τ), θ ∈ [0, π]
     onehot = F.one_hot(labels, classes.shape[0]).bool()
     return scale * torch.where(onehot, target, cos)
 
 
-def domain_loss(features: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, *, scale: float,
-                margin: float, form: str = "arcface", reduction: str = "mean", l2: float = 0.01) -> torch.Tensor:
+def domain_loss(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    classes: torch.Tensor,
+    *,
+    scale: float,
+    margin: float,
+    form: str = "arcface",
+    reduction: str = "mean",
+    l2: float = 0.01,
+) -> torch.Tensor:
     """L_dom (Eqs. 4-5) over the shared and the private codes.
 
     features: [2·M, B, H] discriminator outputs, shared codes of the M modalities first, then the
@@ -99,14 +110,14 @@ def domain_loss(features: torch.Tensor, labels: torch.Tensor, classes: torch.Ten
     g, b, _ = features.shape
     logits = angular_margin_logits(features, labels[:, None].expand(g, b), classes, scale, margin, form)
     ce = F.cross_entropy(logits.reshape(g * b, -1), labels.repeat_interleave(b), reduction="none")
-    per_group = ce.view(g, b).mean(1).view(2, g // 2)                  # [code type, modality]
+    per_group = ce.view(g, b).mean(1).view(2, g // 2)  # [code type, modality]
     per_type = per_group.mean(1) if reduction == "mean" else per_group.sum(1)
     return per_type.sum() + 2 * l2 * classes.pow(2).sum()
 
 
 def reconstruction_loss(targets: torch.Tensor, masks: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
     """Mean over modalities of the masked MSE between U_m [3, B, T, H] and r_m [3, B, H] at every real step."""
-    err = (targets - reconstructions.unsqueeze(2)).pow(2).mean(-1)      # [3, B, T]
+    err = (targets - reconstructions.unsqueeze(2)).pow(2).mean(-1)  # [3, B, T]
     m = masks.to(err.dtype)
     return ((err * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)).mean()
 
@@ -114,6 +125,7 @@ def reconstruction_loss(targets: torch.Tensor, masks: torch.Tensor, reconstructi
 @dataclass
 class LossBreakdown:
     """Each term (unweighted) and the weighted total; all scalars."""
+
     total: torch.Tensor
     task: torch.Tensor
     consistency: torch.Tensor
@@ -130,15 +142,29 @@ def total_loss(out: SATIOutput, labels: torch.Tensor, cfg: LossConfig, ablation:
     zero = out.prediction.new_zeros(()).float()
     task = task_loss(out.prediction.float(), labels.float())
     con = consistency_loss(out.shared_means.float(), cfg.cmd_moments) if cfg.consistency_weight else zero
-    ti = (temporal_jsd(out.video_codes.float(), out.video_mask)
-          if ablation.til and cfg.temporal_weight else zero)
+    ti = temporal_jsd(out.video_codes.float(), out.video_mask) if ablation.til and cfg.temporal_weight else zero
     dom = zero
     if ablation.adversarial and cfg.domain_weight and out.domain_features is not None:
-        dom = domain_loss(out.domain_features.float(), out.domain_labels, out.domain_classes.float(),
-                          scale=cfg.scale, margin=cfg.margin, form=cfg.margin_form,
-                          reduction=cfg.domain_reduction, l2=cfg.domain_l2)
-    rec = (reconstruction_loss(out.projections.float(), out.projection_masks, out.reconstructions.float())
-           if cfg.reconstruction_weight else zero)
-    total = (task + cfg.consistency_weight * con + cfg.temporal_weight * ti
-             + cfg.domain_weight * dom + cfg.reconstruction_weight * rec)
+        dom = domain_loss(
+            out.domain_features.float(),
+            out.domain_labels,
+            out.domain_classes.float(),
+            scale=cfg.scale,
+            margin=cfg.margin,
+            form=cfg.margin_form,
+            reduction=cfg.domain_reduction,
+            l2=cfg.domain_l2,
+        )
+    rec = (
+        reconstruction_loss(out.projections.float(), out.projection_masks, out.reconstructions.float())
+        if cfg.reconstruction_weight
+        else zero
+    )
+    total = (
+        task
+        + cfg.consistency_weight * con
+        + cfg.temporal_weight * ti
+        + cfg.domain_weight * dom
+        + cfg.reconstruction_weight * rec
+    )
     return LossBreakdown(total=total, task=task, consistency=con, temporal=ti, domain=dom, reconstruction=rec)

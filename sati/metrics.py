@@ -8,14 +8,23 @@ Keys (prefixed ``<split>/``):
 - ``acc7``: both clipped to [-3, 3] and rounded half-to-even; ``acc5``: clipped to [-2, 2].
 F1 is weighted by the support of the true classes.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 PAPER_METRICS = ("mae", "corr", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7", "acc5")
 # The direction in which each metric improves.
-HIGHER_IS_BETTER = {"mae": False, "corr": True, "acc2_has0": True, "acc2_non0": True,
-                    "f1_has0": True, "f1_non0": True, "acc7": True, "acc5": True}
+HIGHER_IS_BETTER = {
+    "mae": False,
+    "corr": True,
+    "acc2_has0": True,
+    "acc2_non0": True,
+    "f1_has0": True,
+    "f1_non0": True,
+    "acc7": True,
+    "acc5": True,
+}
 
 
 def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -69,7 +78,9 @@ def format_table(metrics: dict[str, float], splits: list[str]) -> str:
     head = "| split | MAE | Corr | Acc-2 (has0/non0) | F1 (has0/non0) | Acc-7 | Acc-5 |"
     rows = [head, "|" + "---|" * 7]
     for s in splits:
-        g = lambda k: metrics.get(f"{s}/{k}", float("nan"))
-        rows.append(f"| {s} | {g('mae'):.3f} | {g('corr'):.3f} | {100 * g('acc2_has0'):.2f}/{100 * g('acc2_non0'):.2f} "
-                    f"| {100 * g('f1_has0'):.2f}/{100 * g('f1_non0'):.2f} | {100 * g('acc7'):.2f} | {100 * g('acc5'):.2f} |")
+        g = lambda k, s=s: metrics.get(f"{s}/{k}", float("nan"))
+        rows.append(
+            f"| {s} | {g('mae'):.3f} | {g('corr'):.3f} | {100 * g('acc2_has0'):.2f}/{100 * g('acc2_non0'):.2f} "
+            f"| {100 * g('f1_has0'):.2f}/{100 * g('f1_non0'):.2f} | {100 * g('acc7'):.2f} | {100 * g('acc5'):.2f} |"
+        )
     return "\n".join(rows)

@@ -1,4 +1,5 @@
 """`sati promote`, `sati evaluate`, `sati predict` (registered by sati.cli)."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,38 +9,74 @@ from pathlib import Path
 
 
 def _add_tracking(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking and registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking and registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
+    )
 
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
     promote = sub.add_parser("promote", help="register the best trial of a search and move the champion alias")
-    promote.add_argument("source", nargs="?", help="a search's MLflow parent run id, or an experiment name "
-                                                   "(every finished search in it)")
+    promote.add_argument(
+        "source", nargs="?", help="a search's MLflow parent run id, or an experiment name (every finished search in it)"
+    )
     promote.add_argument("--model-name", help="registered model name (default: the pipeline's registry.model_name)")
-    promote.add_argument("--top-k", type=int, default=1, metavar="K", help="with --seeds: retrain the K best configurations")
-    promote.add_argument("--seeds", type=int, default=0, metavar="N",
-                         help="retrain with N fresh seeds each and choose by mean − std (mean + std for minimized metrics)")
-    promote.add_argument("--min-delta", type=float, default=0.0,
-                         help="how much the new version must beat the champion's validation metric by")
-    promote.add_argument("--tolerance", type=float, default=1e-3,
-                         help="how closely the reloaded model must reproduce its logged validation metric")
+    promote.add_argument(
+        "--top-k", type=int, default=1, metavar="K", help="with --seeds: retrain the K best configurations"
+    )
+    promote.add_argument(
+        "--seeds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="retrain with N fresh seeds each and choose by mean − std (mean + std for minimized metrics)",
+    )
+    promote.add_argument(
+        "--min-delta",
+        type=float,
+        default=0.0,
+        help="how much the new version must beat the champion's validation metric by",
+    )
+    promote.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-3,
+        help="how closely the reloaded model must reproduce its logged validation metric",
+    )
     promote.add_argument("--data", help="the search's dataset file, if not at the path the search used")
     promote.add_argument("--address", help="Ray cluster for the --seeds trials (default: the search's ray_address)")
     promote.add_argument("--rollback", action="store_true", help="move 'champion' back to the previous champion")
     _add_tracking(promote)
 
     evaluate = sub.add_parser("evaluate", help="the paper's table for one or more models on a split")
-    evaluate.add_argument("models", nargs="+", metavar="MODEL_URI",
-                          help="models:/name@alias, models:/name/N, runs:/<id>/model, runs:/<trial run id>, a .pt file; "
-                               "several (e.g. seeds) give mean ± std")
+    evaluate.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL_URI",
+        help="models:/name@alias, models:/name/N, runs:/<id>/model, runs:/<trial run id>, a .pt file; "
+        "several (e.g. seeds) give mean ± std",
+    )
     evaluate.add_argument("--data", help="dataset file (default: the first model's data.path)")
     evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--noise", type=float, action="append", default=[], metavar="SIGMA",
-                          help="add a row with Gaussian noise of this std on audio and video (repeatable)")
-    evaluate.add_argument("--drop", action="append", default=[], choices=["text", "audio", "video"],
-                          help="add a row with this modality removed (repeatable)")
-    evaluate.add_argument("--out-dir", help="where table.md, table.tex, metrics.json go (default: evaluation/<model>-<split>)")
+    evaluate.add_argument(
+        "--noise",
+        type=float,
+        action="append",
+        default=[],
+        metavar="SIGMA",
+        help="add a row with Gaussian noise of this std on audio and video (repeatable)",
+    )
+    evaluate.add_argument(
+        "--drop",
+        action="append",
+        default=[],
+        choices=["text", "audio", "video"],
+        help="add a row with this modality removed (repeatable)",
+    )
+    evaluate.add_argument(
+        "--out-dir", help="where table.md, table.tex, metrics.json go (default: evaluation/<model>-<split>)"
+    )
     evaluate.add_argument("--experiment", help="MLflow experiment of the evaluation run (default: the model's own)")
     evaluate.add_argument("--no-log", action="store_true", help="do not log an MLflow run")
     _add_tracking(evaluate)
@@ -54,8 +91,10 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
 
 def run_model_command(args) -> int:
     import os
+
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from sati.tracking import check_reachable, resolve_uri
+
     uri = resolve_uri(args.tracking_uri)
     check_reachable(uri)
     return {"promote": _promote, "evaluate": _evaluate, "predict": _predict}[args.command](args, uri)
@@ -63,6 +102,7 @@ def run_model_command(args) -> int:
 
 def _promote(args, uri: str) -> int:
     from sati.promote import PromotionError, promote, rollback
+
     if args.rollback:
         if not args.model_name:
             raise PromotionError("--rollback needs --model-name")
@@ -70,18 +110,29 @@ def _promote(args, uri: str) -> int:
         return 0
     if not args.source:
         raise PromotionError("sati promote: give a search run id or an experiment name (or --rollback)")
-    result = promote(args.source, args.model_name, uri=uri, top_k=args.top_k, seeds=args.seeds,
-                     min_delta=args.min_delta, tolerance=args.tolerance, data=args.data, address=args.address)
-    print(f"\nload it:  mlflow.pyfunc.load_model('models:/{result.model_name}@{result.alias}')\n"
-          f"evaluate: sati evaluate models:/{result.model_name}/{result.version} --split test --tracking-uri {uri}")
+    result = promote(
+        args.source,
+        args.model_name,
+        uri=uri,
+        top_k=args.top_k,
+        seeds=args.seeds,
+        min_delta=args.min_delta,
+        tolerance=args.tolerance,
+        data=args.data,
+        address=args.address,
+    )
+    print(
+        f"\nload it:  mlflow.pyfunc.load_model('models:/{result.model_name}@{result.alias}')\n"
+        f"evaluate: sati evaluate models:/{result.model_name}/{result.version} --split test --tracking-uri {uri}"
+    )
     return 0
 
 
 def _evaluate(args, uri: str) -> int:
     from sati import registry
     from sati.data.h5format import read_info, read_split
-    from sati.evaluation import (conditions, evaluate_models, latex_table, load_predictor, markdown_table,
-                                 summarize)
+    from sati.evaluation import conditions, evaluate_models, latex_table, load_predictor, markdown_table, summarize
+
     conds = conditions(args.noise, args.drop)
     predictors = [load_predictor(uri, m) for m in args.models]
     data = args.data or predictors[0].cfg.data.path
@@ -109,14 +160,31 @@ def _evaluate(args, uri: str) -> int:
         source = next((m["run_id"] for m in models if m.get("run_id")), None)
         experiment = registry.experiment_name(uri, source) if source else "sati-evaluation"
     run_id = registry.log_evaluation(
-        uri, experiment=experiment, run_name=f"evaluate-{label}-{args.split}", metrics=metrics, texts=texts,
-        tags={"sati.split": args.split, "sati.data_checksum": info.checksum, "sati.data_path": str(data),
-              "sati.model_uris": " ".join(args.models),
-              **({"sati.model_name": models[0]["name"], "sati.model_version": models[0]["version"]}
-                 if len(models) == 1 and models[0].get("name") else {})},
-        params={"models": " ".join(args.models), "noise": args.noise, "drop": args.drop, "split": args.split,
-                "samples": len(arrays)},
-        models=models)
+        uri,
+        experiment=experiment,
+        run_name=f"evaluate-{label}-{args.split}",
+        metrics=metrics,
+        texts=texts,
+        tags={
+            "sati.split": args.split,
+            "sati.data_checksum": info.checksum,
+            "sati.data_path": str(data),
+            "sati.model_uris": " ".join(args.models),
+            **(
+                {"sati.model_name": models[0]["name"], "sati.model_version": models[0]["version"]}
+                if len(models) == 1 and models[0].get("name")
+                else {}
+            ),
+        },
+        params={
+            "models": " ".join(args.models),
+            "noise": args.noise,
+            "drop": args.drop,
+            "split": args.split,
+            "samples": len(arrays),
+        },
+        models=models,
+    )
     print(f"logged to MLflow run {run_id} (experiment '{experiment}') at {uri}")
     return 0
 
@@ -127,6 +195,7 @@ def _predict(args, uri: str) -> int:
     from sati.data.h5format import list_splits, read_split
     from sati.evaluation import load_predictor
     from sati.predictor import predictions_frame
+
     predictor = load_predictor(uri, args.model)
     splits = args.split or list_splits(args.data)
     frames = []

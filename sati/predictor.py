@@ -11,10 +11,11 @@ DataFrame interface (the registered model's signature)::
             text_features [T_t, D_t] instead of text for models trained on precomputed text features
     output  id, prediction (float, [-3, 3]), class7 (int, -3..3), sentiment (the class's name)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,8 +32,15 @@ from sati.trainer import predict
 if TYPE_CHECKING:
     import pandas as pd
 
-SENTIMENT_CLASSES = {-3: "highly negative", -2: "negative", -1: "weakly negative", 0: "neutral",
-                     1: "weakly positive", 2: "positive", 3: "highly positive"}
+SENTIMENT_CLASSES = {
+    -3: "highly negative",
+    -2: "negative",
+    -1: "weakly negative",
+    0: "neutral",
+    1: "weakly positive",
+    2: "positive",
+    3: "highly positive",
+}
 
 
 def seven_class(pred: np.ndarray) -> np.ndarray:
@@ -58,7 +66,7 @@ class SATIPredictor:
         device: ``auto``, ``cpu``, ``cuda``...; precision follows the training config.
     """
 
-    def __init__(self, checkpoint: str | Path, text_encoder: Optional[str] = None, device: str = "auto"):
+    def __init__(self, checkpoint: str | Path, text_encoder: str | None = None, device: str = "auto"):
         ckpt = load_checkpoint(checkpoint, map_location="cpu")
         cfg = from_dict(ckpt["config"], f"{checkpoint} (config)")
         if text_encoder and cfg.model.text_encoder != PRECOMPUTED:
@@ -69,50 +77,69 @@ class SATIPredictor:
         self.audio_dim, self.video_dim, text_dim = input_dims(ckpt["model"])
         self.precomputed = cfg.model.text_encoder == PRECOMPUTED
         self.device = resolve_device(device)
-        self.model = SATI(cfg.model, cfg.ablation, self.audio_dim, self.video_dim,
-                          text_feature_dim=text_dim if self.precomputed else 0, pretrained_text=False)
+        self.model = SATI(
+            cfg.model,
+            cfg.ablation,
+            self.audio_dim,
+            self.video_dim,
+            text_feature_dim=text_dim if self.precomputed else 0,
+            pretrained_text=False,
+        )
         self.model.load_state_dict(ckpt["model"])
         self.model.to(self.device).eval()
         self.tokenizer = None if self.precomputed else load_tokenizer(cfg.model.text_encoder)
 
-    def predict_arrays(self, arrays: SplitArrays, batch_size: Optional[int] = None) -> np.ndarray:
+    def predict_arrays(self, arrays: SplitArrays, batch_size: int | None = None) -> np.ndarray:
         """Scores [N] for a split read from a dataset file (or built by ``frame_to_arrays``)."""
         if arrays.audio.shape[-1] != self.audio_dim or arrays.video.shape[-1] != self.video_dim:
-            raise DataError(f"the model expects audio {self.audio_dim}-d and video {self.video_dim}-d features, "
-                            f"got {arrays.audio.shape[-1]}-d and {arrays.video.shape[-1]}-d")
+            raise DataError(
+                f"the model expects audio {self.audio_dim}-d and video {self.video_dim}-d features, "
+                f"got {arrays.audio.shape[-1]}-d and {arrays.video.shape[-1]}-d"
+            )
         tokens = None
         if not self.precomputed:
             tokens = tokenize(self.tokenizer, arrays.text, self.cfg.data.max_text_tokens)
         elif arrays.text_features is None:
             raise DataError("the model reads precomputed text features, but the input has none (text_features)")
         dataset = SplitDataset(arrays, tokens)
-        return predict(self.model, dataset, batch_size or self.cfg.train.eval_batch_size, self.device,
-                       self.cfg.train.precision)
+        return predict(
+            self.model, dataset, batch_size or self.cfg.train.eval_batch_size, self.device, self.cfg.train.precision
+        )
 
-    def predict_frame(self, frame: "pd.DataFrame") -> "pd.DataFrame":
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The DataFrame interface (module docstring): one output row per input row, same order."""
         arrays = frame_to_arrays(frame, self.audio_dim, self.video_dim, self.precomputed)
         return predictions_frame(arrays.ids, self.predict_arrays(arrays))
 
 
-def predictions_frame(ids: list[str], scores: np.ndarray) -> "pd.DataFrame":
+def predictions_frame(ids: list[str], scores: np.ndarray) -> pd.DataFrame:
     """id, prediction, class7, sentiment as a pandas DataFrame."""
     import pandas as pd
+
     classes = seven_class(scores)
-    return pd.DataFrame({"id": [str(i) for i in ids], "prediction": np.asarray(scores, dtype=np.float64),
-                         "class7": classes, "sentiment": [SENTIMENT_CLASSES[int(c)] for c in classes]})
+    return pd.DataFrame(
+        {
+            "id": [str(i) for i in ids],
+            "prediction": np.asarray(scores, dtype=np.float64),
+            "class7": classes,
+            "sentiment": [SENTIMENT_CLASSES[int(c)] for c in classes],
+        }
+    )
 
 
 def _matrix(value, row: str, column: str, dim: int) -> np.ndarray:
-    x = np.asarray(value if not isinstance(value, np.ndarray) or value.dtype != object else list(value),
-                   dtype=np.float32)
+    x = np.asarray(
+        value if not isinstance(value, np.ndarray) or value.dtype != object else list(value), dtype=np.float32
+    )
     if x.ndim != 2 or x.shape[1] != dim or x.shape[0] < 1:
-        raise DataError(f"input row {row}: column '{column}' must be a [T, {dim}] list of lists with T >= 1, "
-                        f"got shape {list(x.shape)}")
+        raise DataError(
+            f"input row {row}: column '{column}' must be a [T, {dim}] list of lists with T >= 1, "
+            f"got shape {list(x.shape)}"
+        )
     return x
 
 
-def frame_to_arrays(frame: "pd.DataFrame", audio_dim: int, video_dim: int, precomputed: bool = False) -> SplitArrays:
+def frame_to_arrays(frame: pd.DataFrame, audio_dim: int, video_dim: int, precomputed: bool = False) -> SplitArrays:
     """A DataFrame of raw samples → a ``SplitArrays`` padded to the longest row (labels are 0)."""
     needed = ["audio", "video", "text_features" if precomputed else "text"]
     missing = [c for c in needed if c not in frame.columns]
@@ -127,13 +154,14 @@ def frame_to_arrays(frame: "pd.DataFrame", audio_dim: int, video_dim: int, preco
     lengths = np.array([len(a) for a in audio], dtype=np.int64)
     for i, (a, v) in enumerate(zip(audio, video)):
         if len(a) != len(v):
-            raise DataError(f"input row {ids[i]}: audio has {len(a)} steps but video has {len(v)}; "
-                            "they share one time axis")
+            raise DataError(
+                f"input row {ids[i]}: audio has {len(a)} steps but video has {len(v)}; they share one time axis"
+            )
 
     def pad(rows: list[np.ndarray]) -> np.ndarray:
         out = np.zeros((n, max(len(r) for r in rows), rows[0].shape[1]), dtype=np.float32)
         for i, r in enumerate(rows):
-            out[i, :len(r)] = r
+            out[i, : len(r)] = r
         return out
 
     text_features = text_lengths = None
@@ -141,20 +169,33 @@ def frame_to_arrays(frame: "pd.DataFrame", audio_dim: int, video_dim: int, preco
         feats = [np.asarray(list(t), dtype=np.float32) for t in frame["text_features"]]
         text_features, text_lengths = pad(feats), np.array([len(t) for t in feats], dtype=np.int64)
     text = [str(t) for t in frame["text"]] if "text" in frame.columns else [""] * n
-    return SplitArrays(ids=ids, text=text, labels=np.zeros(n, dtype=np.float32), lengths=lengths,
-                       audio=pad(audio), video=pad(video), text_features=text_features, text_lengths=text_lengths)
+    return SplitArrays(
+        ids=ids,
+        text=text,
+        labels=np.zeros(n, dtype=np.float32),
+        lengths=lengths,
+        audio=pad(audio),
+        video=pad(video),
+        text_features=text_features,
+        text_lengths=text_lengths,
+    )
 
 
-def arrays_to_frame(arrays: SplitArrays, limit: Optional[int] = None) -> "pd.DataFrame":
+def arrays_to_frame(arrays: SplitArrays, limit: int | None = None) -> pd.DataFrame:
     """The first ``limit`` samples of a split as the model's input DataFrame (e.g. an input example)."""
     import pandas as pd
+
     n = len(arrays) if limit is None else min(limit, len(arrays))
-    cols = {"id": arrays.ids[:n], "text": arrays.text[:n],
-            "audio": [arrays.audio[i, :arrays.lengths[i]].astype(np.float64).tolist() for i in range(n)],
-            "video": [arrays.video[i, :arrays.lengths[i]].astype(np.float64).tolist() for i in range(n)]}
+    cols = {
+        "id": arrays.ids[:n],
+        "text": arrays.text[:n],
+        "audio": [arrays.audio[i, : arrays.lengths[i]].astype(np.float64).tolist() for i in range(n)],
+        "video": [arrays.video[i, : arrays.lengths[i]].astype(np.float64).tolist() for i in range(n)],
+    }
     if arrays.text_features is not None:
-        cols["text_features"] = [arrays.text_features[i, :arrays.text_lengths[i]].astype(np.float64).tolist()
-                                 for i in range(n)]
+        cols["text_features"] = [
+            arrays.text_features[i, : arrays.text_lengths[i]].astype(np.float64).tolist() for i in range(n)
+        ]
     return pd.DataFrame(cols)
 
 
@@ -163,6 +204,7 @@ def export_text_encoder(name: str, out_dir: str | Path) -> Path:
     from transformers import AutoConfig
 
     from sati.model.text import resolve_text_encoder
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = resolve_text_encoder(name)

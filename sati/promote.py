@@ -13,14 +13,15 @@ Each step finishes before the next one writes to the registry:
 6. gate: ``champion`` moves to the new version only if it beats the current champion by
    ``min_delta`` (the old one becomes ``previous-champion``); otherwise it becomes ``challenger``.
 """
+
 from __future__ import annotations
 
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import yaml
@@ -39,13 +40,14 @@ class PromotionError(RegistryError):
 class PromotionResult:
     model_name: str
     version: str
-    alias: str                       # champion | challenger
+    alias: str  # champion | challenger
     reason: str
     tags: dict[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
 # Decisions (pure)
+
 
 def better(new: float, old: float, mode: str, min_delta: float = 0.0) -> bool:
     """``new`` beats ``old`` by more than ``min_delta`` in direction ``mode`` (ties never win)."""
@@ -67,39 +69,67 @@ def rank_trials(trials: list[RunInfo], metric: str, mode: str) -> list[tuple[Run
     return sorted(scored, key=lambda tv: tv[1], reverse=mode == "max")
 
 
-def gate(new_tags: dict[str, str], champion_tags: Optional[dict[str, str]], champion_version: Optional[str],
-         min_delta: float) -> tuple[bool, str]:
+def gate(
+    new_tags: dict[str, str], champion_tags: dict[str, str] | None, champion_version: str | None, min_delta: float
+) -> tuple[bool, str]:
     """Whether the new version becomes champion, and why (or why not)."""
-    metric, mode, value = new_tags["sati.valid_metric"], new_tags["sati.valid_mode"], float(new_tags["sati.valid_value"])
+    metric, mode, value = (
+        new_tags["sati.valid_metric"],
+        new_tags["sati.valid_mode"],
+        float(new_tags["sati.valid_value"]),
+    )
     if champion_tags is None:
         return True, "no champion yet"
     old = champion_tags.get("sati.valid_value")
     if champion_tags.get("sati.valid_metric") != metric or old is None:
-        return False, (f"champion v{champion_version} was not selected on {metric} "
-                       f"(its tag sati.valid_metric = {champion_tags.get('sati.valid_metric')!r}): not comparable")
+        return False, (
+            f"champion v{champion_version} was not selected on {metric} "
+            f"(its tag sati.valid_metric = {champion_tags.get('sati.valid_metric')!r}): not comparable"
+        )
     if champion_tags.get("sati.data_checksum") != new_tags["sati.data_checksum"]:
-        return False, f"champion v{champion_version} was validated on other data (data checksum differs): not comparable"
+        return (
+            False,
+            f"champion v{champion_version} was validated on other data (data checksum differs): not comparable",
+        )
     if better(value, float(old), mode, min_delta):
-        return True, f"{metric} {value:.4f} beats champion v{champion_version}'s {float(old):.4f} (min-delta {min_delta:g})"
-    return False, (f"{metric} {value:.4f} does not beat champion v{champion_version}'s {float(old):.4f} "
-                   f"by more than min-delta {min_delta:g} ({'lower' if mode == 'min' else 'higher'} is better)")
+        return (
+            True,
+            f"{metric} {value:.4f} beats champion v{champion_version}'s {float(old):.4f} (min-delta {min_delta:g})",
+        )
+    return False, (
+        f"{metric} {value:.4f} does not beat champion v{champion_version}'s {float(old):.4f} "
+        f"by more than min-delta {min_delta:g} ({'lower' if mode == 'min' else 'higher'} is better)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Promotion
 
+
 def _objective(searches: list[RunInfo]) -> tuple[str, str]:
     pairs = {(s.params.get("search.metric"), s.params.get("search.mode")) for s in searches}
     if len(pairs) != 1 or None in next(iter(pairs)):
-        raise PromotionError("the searches do not share one validation metric and mode: "
-                             + ", ".join(f"{s.name}: {s.params.get('search.metric')} ({s.params.get('search.mode')})"
-                                         for s in searches) + "; promote one search by its run id")
+        raise PromotionError(
+            "the searches do not share one validation metric and mode: "
+            + ", ".join(f"{s.name}: {s.params.get('search.metric')} ({s.params.get('search.mode')})" for s in searches)
+            + "; promote one search by its run id"
+        )
     return next(iter(pairs))
 
 
-def promote(source: str, model_name: Optional[str], *, uri: str, top_k: int = 1, seeds: int = 0,
-            min_delta: float = 0.0, tolerance: float = 1e-3, data: Optional[str] = None,
-            address: Optional[str] = None, console: Callable[[str], None] = print) -> PromotionResult:
+def promote(
+    source: str,
+    model_name: str | None,
+    *,
+    uri: str,
+    top_k: int = 1,
+    seeds: int = 0,
+    min_delta: float = 0.0,
+    tolerance: float = 1e-3,
+    data: str | None = None,
+    address: str | None = None,
+    console: Callable[[str], None] = print,
+) -> PromotionResult:
     """Promote the best trial of ``source`` (a search run id or an experiment name); module docstring."""
     if top_k < 1 or seeds < 0:
         raise PromotionError(f"--top-k must be >= 1 and --seeds >= 0, got {top_k} and {seeds}")
@@ -112,8 +142,10 @@ def promote(source: str, model_name: Optional[str], *, uri: str, top_k: int = 1,
         raise PromotionError("give --model-name (the search's pipeline sets no registry.model_name)")
     ranked = rank_trials(registry.finished_trials(uri, [s.run_id for s in searches]), metric, mode)
     if not ranked:
-        raise PromotionError(f"no finished trial with a finite {metric} in "
-                             + ", ".join(f"search {s.name} ({s.run_id})" for s in searches))
+        raise PromotionError(
+            f"no finished trial with a finite {metric} in "
+            + ", ".join(f"search {s.name} ({s.run_id})" for s in searches)
+        )
     by_id = {s.run_id: s for s in searches}
     with tempfile.TemporaryDirectory(prefix="sati-promote-") as tmp:
         tmp = Path(tmp)
@@ -124,15 +156,17 @@ def promote(source: str, model_name: Optional[str], *, uri: str, top_k: int = 1,
         search = _search_of(uri, chosen, by_id)
         console(f"candidate: trial run {chosen.run_id} ({chosen.name}), {metric} = {value:.4f}")
         existing = registry.version_of_run(uri, model_name, chosen.run_id)
-        if existing is not None:     # registered before: do not register it twice, only gate it again
+        if existing is not None:  # registered before: do not register it twice, only gate it again
             if CHAMPION in existing.aliases:
                 console(f"trial run {chosen.run_id} is already {model_name} v{existing.version}, the champion")
-                return PromotionResult(model_name, str(existing.version), CHAMPION, "already champion",
-                                       dict(existing.tags))
+                return PromotionResult(
+                    model_name, str(existing.version), CHAMPION, "already champion", dict(existing.tags)
+                )
             console(f"trial run {chosen.run_id} is already {model_name} v{existing.version}; gating that version")
             return _apply_gate(uri, model_name, str(existing.version), dict(existing.tags), min_delta, console)
-        version, tags = _register_checked(uri, model_name, search, chosen, metric, mode, evidence, data,
-                                          tolerance, tmp, console)
+        version, tags = _register_checked(
+            uri, model_name, search, chosen, metric, mode, evidence, data, tolerance, tmp, console
+        )
     return _apply_gate(uri, model_name, version, tags, min_delta, console)
 
 
@@ -143,9 +177,19 @@ def _search_of(uri: str, trial: RunInfo, searches: dict[str, RunInfo]) -> RunInf
     return searches[registry.get_run(uri, trial.tags["sati.candidate_run_id"]).tags[registry.PARENT]]
 
 
-def _register_checked(uri: str, model_name: str, search: RunInfo, chosen: RunInfo, metric: str, mode: str,
-                      evidence: dict[str, str], data: Optional[str], tolerance: float, tmp: Path,
-                      console: Callable[[str], None]) -> tuple[str, dict[str, str]]:
+def _register_checked(
+    uri: str,
+    model_name: str,
+    search: RunInfo,
+    chosen: RunInfo,
+    metric: str,
+    mode: str,
+    evidence: dict[str, str],
+    data: str | None,
+    tolerance: float,
+    tmp: Path,
+    console: Callable[[str], None],
+) -> tuple[str, dict[str, str]]:
     """Steps 3-5 of the module docstring; returns the new version and its tags."""
     from sati.data.h5format import read_info, read_split
     from sati.predictor import SATIPredictor, export_text_encoder
@@ -155,23 +199,35 @@ def _register_checked(uri: str, model_name: str, search: RunInfo, chosen: RunInf
     data_path = data or predictor.cfg.data.path
     checksum = read_info(data_path).checksum
     if checksum != search.tags.get("sati.data_checksum"):
-        raise PromotionError(f"{data_path}: data checksum {checksum[:12]}… differs from the one search "
-                             f"{search.run_id} validated on ({search.tags.get('sati.data_checksum', '?')[:12]}…); "
-                             "pass --data with the search's dataset file")
-    valid = read_split(data_path, "valid")        # promotion reads the validation split only
+        raise PromotionError(
+            f"{data_path}: data checksum {checksum[:12]}… differs from the one search "
+            f"{search.run_id} validated on ({search.tags.get('sati.data_checksum', '?')[:12]}…); "
+            "pass --data with the search's dataset file"
+        )
+    valid = read_split(data_path, "valid")  # promotion reads the validation split only
     logged = {k: float(v) for k, v in predictor.metrics.items() if k.startswith("valid/")}
     if metric not in logged:
         raise PromotionError(f"{checkpoint}: the checkpoint's metrics have no {metric}")
     tags = _evidence(search, chosen, predictor, metric, mode, checksum, evidence)
     example, signature = _signature(predictor, valid)
-    text_dir = None if predictor.precomputed else export_text_encoder(predictor.cfg.model.text_encoder,
-                                                                       tmp / "text_encoder")
-    config = tmp / "config.yaml"     # for people: the model reads the config inside the checkpoint
+    text_dir = (
+        None if predictor.precomputed else export_text_encoder(predictor.cfg.model.text_encoder, tmp / "text_encoder")
+    )
+    config = tmp / "config.yaml"  # for people: the model reads the config inside the checkpoint
     config.write_text(yaml.safe_dump(predictor.cfg.to_dict(), sort_keys=False))
     version, created = registry.log_and_register(
-        uri, search=search, run_name=f"promote-{model_name}", checkpoint=checkpoint, config=config,
-        text_encoder=text_dir, input_example=example, signature=signature, pip_requirements=_requirements(),
-        model_name=model_name, version_tags=tags)
+        uri,
+        search=search,
+        run_name=f"promote-{model_name}",
+        checkpoint=checkpoint,
+        config=config,
+        text_encoder=text_dir,
+        input_example=example,
+        signature=signature,
+        pip_requirements=_requirements(),
+        model_name=model_name,
+        version_tags=tags,
+    )
     v = str(version.version)
     try:
         check = _reproduce(uri, f"models:/{model_name}/{v}", valid, logged, metric, tolerance)
@@ -183,15 +239,26 @@ def _register_checked(uri: str, model_name: str, search: RunInfo, chosen: RunInf
     return v, tags
 
 
-def _evidence(search: RunInfo, chosen: RunInfo, predictor, metric: str, mode: str, checksum: str,
-              extra: dict[str, str]) -> dict[str, str]:
+def _evidence(
+    search: RunInfo, chosen: RunInfo, predictor, metric: str, mode: str, checksum: str, extra: dict[str, str]
+) -> dict[str, str]:
     from sati.checkpoint import versions
-    tags = {"sati.search_run_id": search.run_id, "sati.search_name": search.name, "sati.trial_run_id": chosen.run_id,
-            "sati.valid_metric": metric, "sati.valid_mode": mode, "sati.valid_value": repr(predictor.metrics[metric]),
-            "sati.epoch": str(predictor.epoch), "sati.data_checksum": checksum,
-            "sati.data_name": Path(predictor.cfg.data.path).name, "sati.text_encoder": predictor.cfg.model.text_encoder,
-            "sati.git_commit": search.tags.get("sati.git_commit", "unknown"),
-            "sati.torch": versions()["torch"], **extra}
+
+    tags = {
+        "sati.search_run_id": search.run_id,
+        "sati.search_name": search.name,
+        "sati.trial_run_id": chosen.run_id,
+        "sati.valid_metric": metric,
+        "sati.valid_mode": mode,
+        "sati.valid_value": repr(predictor.metrics[metric]),
+        "sati.epoch": str(predictor.epoch),
+        "sati.data_checksum": checksum,
+        "sati.data_name": Path(predictor.cfg.data.path).name,
+        "sati.text_encoder": predictor.cfg.model.text_encoder,
+        "sati.git_commit": search.tags.get("sati.git_commit", "unknown"),
+        "sati.torch": versions()["torch"],
+        **extra,
+    }
     tags.update({f"sati.{k}": f"{v:.6g}" for k, v in predictor.metrics.items() if k.startswith("valid/")})
     return tags
 
@@ -203,16 +270,18 @@ def _signature(predictor, valid):
     from mlflow.models import infer_signature
 
     from sati.predictor import arrays_to_frame
+
     example = arrays_to_frame(valid, limit=2)
     if predictor.precomputed:
         example = example.drop(columns=["text"])
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*integer column.*")   # class7 is never missing
+        warnings.filterwarnings("ignore", message=".*integer column.*")  # class7 is never missing
         return example, infer_signature(example, predictor.predict_frame(example))
 
 
 def _requirements() -> list[str]:
     from importlib.metadata import version
+
     pins = []
     for dist in ("torch", "transformers", "tokenizers", "numpy", "pandas", "h5py", "PyYAML", "mlflow"):
         try:
@@ -225,21 +294,26 @@ def _requirements() -> list[str]:
 def _reproduce(uri: str, model_uri: str, valid, logged: dict[str, float], metric: str, tolerance: float) -> str:
     """Reload the registered version and recompute the validation metrics; raise if ``metric`` moved."""
     from sati.metrics import regression_metrics
+
     predictor = registry.load_registered(uri, model_uri)
     redone = regression_metrics(predictor.predict_arrays(valid), valid.labels, "valid")
     differ = {k: (v, redone[k]) for k, v in logged.items() if k in redone and abs(v - redone[k]) > tolerance}
     if metric in differ:
         detail = ", ".join(f"{k}: logged {a:.6f}, reloaded {b:.6f}" for k, (a, b) in differ.items())
-        raise PromotionError(f"{model_uri} does not reproduce its validation metrics within {tolerance:g} "
-                             f"({detail}); nothing was promoted and the version was deleted")
+        raise PromotionError(
+            f"{model_uri} does not reproduce its validation metrics within {tolerance:g} "
+            f"({detail}); nothing was promoted and the version was deleted"
+        )
     return f"reproduced {metric} = {redone[metric]:.6f} (logged {logged[metric]:.6f}, tolerance {tolerance:g})"
 
 
-def _apply_gate(uri: str, name: str, version: str, tags: dict[str, str], min_delta: float,
-                console: Callable[[str], None]) -> PromotionResult:
+def _apply_gate(
+    uri: str, name: str, version: str, tags: dict[str, str], min_delta: float, console: Callable[[str], None]
+) -> PromotionResult:
     champion = registry.version_by_alias(uri, name, CHAMPION)
-    wins, reason = gate(tags, dict(champion.tags) if champion else None,
-                        str(champion.version) if champion else None, min_delta)
+    wins, reason = gate(
+        tags, dict(champion.tags) if champion else None, str(champion.version) if champion else None, min_delta
+    )
     if wins:
         history = registry.champion_history(uri, name) or ([str(champion.version)] if champion else [])
         registry.set_champion_history(uri, name, history + [version])
@@ -270,8 +344,7 @@ def rollback(model_name: str, *, uri: str, console: Callable[[str], None] = prin
     registry.set_champion_history(uri, model_name, history)
     registry.set_alias(uri, model_name, CHAMPION, history[-1])
     registry.set_alias(uri, model_name, PREVIOUS, history[-2] if len(history) > 1 else None)
-    registry.set_version_tags(uri, model_name, rolled,
-                              {"sati.rolled_back": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    registry.set_version_tags(uri, model_name, rolled, {"sati.rolled_back": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     console(f"{model_name}: champion rolled back from v{rolled} to v{history[-1]}")
     return history[-1]
 
@@ -279,8 +352,18 @@ def rollback(model_name: str, *, uri: str, console: Callable[[str], None] = prin
 # --------------------------------------------------------------------------------------------
 # Confirmation with fresh seeds
 
-def _confirm(uri: str, searches: dict[str, RunInfo], candidates: list[tuple[RunInfo, float]], n_seeds: int,
-             metric: str, mode: str, address: Optional[str], tmp: Path, console: Callable[[str], None]):
+
+def _confirm(
+    uri: str,
+    searches: dict[str, RunInfo],
+    candidates: list[tuple[RunInfo, float]],
+    n_seeds: int,
+    metric: str,
+    mode: str,
+    address: str | None,
+    tmp: Path,
+    console: Callable[[str], None],
+):
     """Retrain each candidate with ``n_seeds`` fresh seeds on Ray; pick by the pessimistic score.
 
     Returns (the chosen configuration's best seed run, its value, evidence tags)."""
@@ -302,9 +385,14 @@ def _confirm(uri: str, searches: dict[str, RunInfo], candidates: list[tuple[RunI
     sati_tune = import_tune(address or first.search.ray_address)
     started = sati_tune.init_ray(address or first.search.ray_address)
     try:
-        sati_tune.build_confirm_tuner(first, bases, [t.run_id for t, _ in candidates], seeds,
-                                      f"{search.name}-confirm-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      TrialRuns(uri, confirm_id)).fit()
+        sati_tune.build_confirm_tuner(
+            first,
+            bases,
+            [t.run_id for t, _ in candidates],
+            seeds,
+            f"{search.name}-confirm-{time.strftime('%Y%m%d-%H%M%S')}",
+            TrialRuns(uri, confirm_id),
+        ).fit()
     except BaseException:
         registry.log_confirm_summary(uri, confirm_id, [], None)
         raise
@@ -316,24 +404,58 @@ def _confirm(uri: str, searches: dict[str, RunInfo], candidates: list[tuple[RunI
     for trial, search_value in candidates:
         own = [(r, v) for r, v in runs if r.tags.get("sati.candidate_run_id") == trial.run_id]
         if not own:
-            rows.append({"candidate": trial.run_id, "search_value": search_value, "seeds": 0, "mean": float("nan"),
-                         "std": float("nan"), "score": float("nan")})
+            rows.append(
+                {
+                    "candidate": trial.run_id,
+                    "search_value": search_value,
+                    "seeds": 0,
+                    "mean": float("nan"),
+                    "std": float("nan"),
+                    "score": float("nan"),
+                }
+            )
             continue
         mean, std, score = pessimistic_score([v for _, v in own], mode)
-        rows.append({"candidate": trial.run_id, "search_value": search_value, "seeds": len(own), "mean": mean,
-                     "std": std, "score": score})
+        rows.append(
+            {
+                "candidate": trial.run_id,
+                "search_value": search_value,
+                "seeds": len(own),
+                "mean": mean,
+                "std": std,
+                "score": score,
+            }
+        )
         if best is None or better(score, best[1]["score"], mode):
-            best = (own[0], rows[-1])      # own is ranked: its first run is the best seed
+            best = (own[0], rows[-1])  # own is ranked: its first run is the best seed
     registry.log_confirm_summary(uri, confirm_id, rows, best[0][0].run_id if best else None)
-    console("\n".join(f"  {r['candidate']}: search {metric} {r['search_value']:.4f}; {r['seeds']} seeds "
-                      f"{r['mean']:.4f} ± {r['std']:.4f}, score {r['score']:.4f}" for r in rows))
+    console(
+        "\n".join(
+            f"  {r['candidate']}: search {metric} {r['search_value']:.4f}; {r['seeds']} seeds "
+            f"{r['mean']:.4f} ± {r['std']:.4f}, score {r['score']:.4f}"
+            for r in rows
+        )
+    )
     if best is None:
         raise PromotionError(f"no confirmation trial finished (MLflow run {confirm_id}); nothing was promoted")
     (run, value), row = best
-    seed_runs = " ".join(f"runs:/{r.run_id}" for r, _ in runs if r.tags.get("sati.candidate_run_id") == row["candidate"])
-    console(f"chosen by {'mean + std' if mode == 'min' else 'mean − std'}: configuration of {row['candidate']} "
-            f"({row['mean']:.4f} ± {row['std']:.4f}); registering its best seed, run {run.run_id}\n"
-            f"all its seeds on the test split: sati evaluate {seed_runs} --split test")
-    return run, value, {"sati.confirm_run_id": confirm_id, "sati.source_trial_run_id": row["candidate"],
-                        "sati.valid_mean": f"{row['mean']:.6g}", "sati.valid_std": f"{row['std']:.6g}",
-                        "sati.valid_score": f"{row['score']:.6g}", "sati.seeds": str(row["seeds"])}
+    seed_runs = " ".join(
+        f"runs:/{r.run_id}" for r, _ in runs if r.tags.get("sati.candidate_run_id") == row["candidate"]
+    )
+    console(
+        f"chosen by {'mean + std' if mode == 'min' else 'mean − std'}: configuration of {row['candidate']} "
+        f"({row['mean']:.4f} ± {row['std']:.4f}); registering its best seed, run {run.run_id}\n"
+        f"all its seeds on the test split: sati evaluate {seed_runs} --split test"
+    )
+    return (
+        run,
+        value,
+        {
+            "sati.confirm_run_id": confirm_id,
+            "sati.source_trial_run_id": row["candidate"],
+            "sati.valid_mean": f"{row['mean']:.6g}",
+            "sati.valid_std": f"{row['std']:.6g}",
+            "sati.valid_score": f"{row['score']:.6g}",
+            "sati.seeds": str(row["seeds"]),
+        },
+    )

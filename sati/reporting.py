@@ -3,11 +3,13 @@
 A ``Reporter`` wraps the batch iterator (progress bars) and receives each epoch's metrics and
 checkpoint. ``ConsoleReporter`` prints; the search will add one that reports to Ray Tune and MLflow.
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -38,8 +40,8 @@ class ConsoleReporter:
 
     def progress(self, batches, total, desc):
         from tqdm import tqdm
-        return tqdm(batches, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
-                    file=sys.stderr)
+
+        return tqdm(batches, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
 
     def on_epoch_end(self, epoch, metrics, checkpoint, is_best):
         shown = [f"train/loss {metrics['train/loss']:.4f}"]

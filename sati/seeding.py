@@ -1,4 +1,5 @@
 """Explicit seeds, passed down: one base seed, derived seeds for epochs, trials and workers."""
+
 from __future__ import annotations
 
 import hashlib

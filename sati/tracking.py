@@ -3,6 +3,7 @@
 Runs are found again by tags, so a restored search keeps one run per trial:
 ``sati.role`` = search | trial, ``sati.trial_id`` (Ray's trial id), ``mlflow.parentRunId``.
 """
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -29,13 +30,14 @@ def default_uri() -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def resolve_uri(uri: Optional[str]) -> str:
+def resolve_uri(uri: str | None) -> str:
     """The URI given, else ``$MLFLOW_TRACKING_URI``, else the embedded default."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
 
 
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -48,8 +50,14 @@ def experiment_id(client, name: str) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """Rows of dicts (keys in first-seen order) as a Markdown table; floats to 4 significant digits."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    return ("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
-            + "".join("| " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |\n" for r in rows))
+    return (
+        "| "
+        + " | ".join(keys)
+        + " |\n|"
+        + "---|" * len(keys)
+        + "\n"
+        + "".join("| " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |\n" for r in rows)
+    )
 
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
@@ -58,11 +66,13 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         return
     import urllib.error
     import urllib.request
+
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s)
     except (urllib.error.URLError, OSError) as err:
-        raise TrackingError(f"tracking.uri = {uri}: MLflow server not reachable ({err}); "
-                            "start it or fix tracking.uri before searching") from None
+        raise TrackingError(
+            f"tracking.uri = {uri}: MLflow server not reachable ({err}); start it or fix tracking.uri before searching"
+        ) from None
 
 
 def git_commit() -> str:
@@ -77,19 +87,34 @@ def git_commit() -> str:
 
 def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
+
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i:i + 100])
+        client.log_batch(run_id, params=items[i : i + 100])
 
 
-def start_search_run(uri: str, experiment: str, *, name: str, pipeline: dict, space_path: Optional[str],
-                     data_checksum: str, search_dir: str, versions: dict[str, str]) -> str:
+def start_search_run(
+    uri: str,
+    experiment: str,
+    *,
+    name: str,
+    pipeline: dict,
+    space_path: str | None,
+    data_checksum: str,
+    search_dir: str,
+    versions: dict[str, str],
+) -> str:
     """Create the search's parent run with the resolved pipeline, the space file and provenance."""
     client = _client(uri)
     exp_id = experiment_id(client, experiment)
-    tags = {ROLE: "search", SEARCH_DIR: search_dir, "sati.git_commit": git_commit(),
-            "sati.data_checksum": data_checksum, "mlflow.runName": name,
-            **{f"sati.version.{k}": v for k, v in versions.items()}}
+    tags = {
+        ROLE: "search",
+        SEARCH_DIR: search_dir,
+        "sati.git_commit": git_commit(),
+        "sati.data_checksum": data_checksum,
+        "mlflow.runName": name,
+        **{f"sati.version.{k}": v for k, v in versions.items()},
+    }
     run = client.create_run(exp_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     _log_params(client, run_id, flatten(pipeline))
@@ -125,13 +150,12 @@ class TrialRuns:
 
     def __init__(self, uri: str, parent_run_id: str):
         self.uri, self.parent = uri, parent_run_id
-        self.runs: dict[str, str] = {}          # trial id → run id
+        self.runs: dict[str, str] = {}  # trial id → run id
         self.history: dict[str, list[dict]] = {}
-        self.nodes: dict[str, list[str]] = {}   # trial id → Ray nodes it ran on
+        self.nodes: dict[str, list[str]] = {}  # trial id → Ray nodes it ran on
 
-    def __getstate__(self):   # Ray pickles callbacks with the experiment state
-        return {"uri": self.uri, "parent": self.parent, "runs": self.runs, "history": self.history,
-                "nodes": self.nodes}
+    def __getstate__(self):  # Ray pickles callbacks with the experiment state
+        return {"uri": self.uri, "parent": self.parent, "runs": self.runs, "history": self.history, "nodes": self.nodes}
 
     def __setstate__(self, state):
         self.__dict__.update({"history": {}, "nodes": {}, **state})
@@ -140,11 +164,12 @@ class TrialRuns:
     def client(self):
         return _client(self.uri)
 
-    def _existing(self, trial_id: str) -> Optional[str]:
+    def _existing(self, trial_id: str) -> str | None:
         parent = self.client.get_run(self.parent)
         found = self.client.search_runs(
             [parent.info.experiment_id],
-            filter_string=f"tags.`{PARENT}` = '{self.parent}' and tags.`{TRIAL_ID}` = '{trial_id}'")
+            filter_string=f"tags.`{PARENT}` = '{self.parent}' and tags.`{TRIAL_ID}` = '{trial_id}'",
+        )
         return found[0].info.run_id if found else None
 
     def start(self, trial_id: str, trial_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
@@ -155,8 +180,9 @@ class TrialRuns:
             self.client.update_run(run_id, status="RUNNING")
         else:
             exp_id = self.client.get_run(self.parent).info.experiment_id
-            run = self.client.create_run(exp_id, run_name=trial_name,
-                                         tags={PARENT: self.parent, ROLE: "trial", TRIAL_ID: trial_id, **tags})
+            run = self.client.create_run(
+                exp_id, run_name=trial_name, tags={PARENT: self.parent, ROLE: "trial", TRIAL_ID: trial_id, **tags}
+            )
             run_id = run.info.run_id
             _log_params(self.client, run_id, params)
         self.runs[trial_id] = run_id
@@ -165,12 +191,19 @@ class TrialRuns:
 
     def log_epoch(self, trial_id: str, metrics: dict[str, Any]) -> None:
         from mlflow.entities import Metric
+
         run_id = self.runs[trial_id]
         step = int(metrics.get("epoch", 0))
         now = int(time.time() * 1000)
-        numeric = {k: float(v) for k, v in metrics.items()   # ours (split/name keys), not Tune's bookkeeping
-                   if ("/" in k or k == "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and v == v and abs(v) != float("inf")}
+        numeric = {
+            k: float(v)
+            for k, v in metrics.items()  # ours (split/name keys), not Tune's bookkeeping
+            if ("/" in k or k == "epoch")
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and v == v
+            and abs(v) != float("inf")
+        }
         self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in numeric.items()])
         self.history[trial_id] = [h for h in self.history[trial_id] if h.get("epoch") != step] + [numeric]
 
@@ -185,7 +218,7 @@ class TrialRuns:
     def log_checkpoint(self, trial_id: str, checkpoint_file: str | Path) -> None:
         self.client.log_artifact(self.runs[trial_id], str(checkpoint_file), artifact_path="checkpoint")
 
-    def finish(self, trial_id: str, status: str, reason: Optional[str], metric: str) -> None:
+    def finish(self, trial_id: str, status: str, reason: str | None, metric: str) -> None:
         """End the trial's run with a learning-curve plot and, for failures, the reason."""
         run_id = self.runs.get(trial_id)
         if run_id is None:
@@ -209,8 +242,10 @@ class TrialRuns:
 def learning_curve(history: list[dict], metric: str):
     """Train loss and the validation metric per epoch, as a matplotlib figure."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(epochs, [h.get("train/task", float("nan")) for h in history], "o-", label="train/task (MSE)")
@@ -225,8 +260,9 @@ def learning_curve(history: list[dict], metric: str):
     return fig
 
 
-def log_search_summary(uri: str, parent_run_id: str, rows: list[dict], figures: dict[str, Any],
-                       best: Optional[dict]) -> None:
+def log_search_summary(
+    uri: str, parent_run_id: str, rows: list[dict], figures: dict[str, Any], best: dict | None
+) -> None:
     """The parent run's trials table (CSV, Markdown), plots, and best-trial metrics."""
     client = _client(uri)
     with tempfile.TemporaryDirectory() as d:
@@ -241,10 +277,16 @@ def log_search_summary(uri: str, parent_run_id: str, rows: list[dict], figures: 
         client.log_figure(parent_run_id, fig, f"plots/{name}.png")
     if best:
         from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
-        client.log_batch(parent_run_id, metrics=[Metric(f"best_trial/{k}", float(v), now, 0)
-                                                 for k, v in best["metrics"].items()
-                                                 if isinstance(v, (int, float)) and v == v])
+        client.log_batch(
+            parent_run_id,
+            metrics=[
+                Metric(f"best_trial/{k}", float(v), now, 0)
+                for k, v in best["metrics"].items()
+                if isinstance(v, (int, float)) and v == v
+            ],
+        )
         client.set_tag(parent_run_id, "sati.best_trial_run_id", best["run_id"])
 
 

@@ -11,13 +11,13 @@ Output directory (``train.out_dir``)::
     checkpoints/last.pt (.json) the latest epoch, for --resume
     checkpoints/best.pt (.json) the best epoch by train.selection_metric
 """
+
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -56,8 +56,9 @@ def build_model(cfg: PipelineConfig, info: DatasetInfo) -> SATI:
 
 
 @torch.no_grad()
-def predict(model: SATI, dataset: SplitDataset, batch_size: int, device: torch.device,
-            precision: str = "auto") -> np.ndarray:
+def predict(
+    model: SATI, dataset: SplitDataset, batch_size: int, device: torch.device, precision: str = "auto"
+) -> np.ndarray:
     """Predictions [N] for a whole split, in file order."""
     model.eval()
     preds = []
@@ -67,14 +68,20 @@ def predict(model: SATI, dataset: SplitDataset, batch_size: int, device: torch.d
     return torch.cat(preds).numpy()
 
 
-def evaluate(model: SATI, dataset: SplitDataset, split: str, batch_size: int, device: torch.device,
-             precision: str = "auto") -> dict[str, float]:
+def evaluate(
+    model: SATI, dataset: SplitDataset, split: str, batch_size: int, device: torch.device, precision: str = "auto"
+) -> dict[str, float]:
     """The paper's metrics on one split, keyed ``<split>/<metric>``."""
     return regression_metrics(predict(model, dataset, batch_size, device, precision), dataset.arrays.labels, split)
 
 
-def fit(cfg: PipelineConfig, reporter: Reporter | None = None, resume: Optional[str | Path] = None,
-        datasets: Optional[dict[str, SplitDataset]] = None, info: Optional[DatasetInfo] = None) -> FitResult:
+def fit(
+    cfg: PipelineConfig,
+    reporter: Reporter | None = None,
+    resume: str | Path | None = None,
+    datasets: dict[str, SplitDataset] | None = None,
+    info: DatasetInfo | None = None,
+) -> FitResult:
     """Train per ``cfg`` and return the best epoch's metrics and checkpoint.
 
     Args:
@@ -112,8 +119,11 @@ def fit(cfg: PipelineConfig, reporter: Reporter | None = None, resume: Optional[
     for epoch in range(start_epoch, tc.epochs + 1):
         started = time.perf_counter()
         train_losses = _train_epoch(model, optimizer, train_set, cfg, device, epoch, reporter)
-        metrics = {"epoch": epoch, **{f"train/{k}": v for k, v in train_losses.items()},
-                   **evaluate(model, valid_set, "valid", tc.eval_batch_size, device, tc.precision)}
+        metrics = {
+            "epoch": epoch,
+            **{f"train/{k}": v for k, v in train_losses.items()},
+            **evaluate(model, valid_set, "valid", tc.eval_batch_size, device, tc.precision),
+        }
         metrics["time/epoch_s"] = time.perf_counter() - started
         value = metrics[tc.selection_metric] if tc.selection_metric in metrics else _unknown_metric(tc, metrics)
         is_best = state["best_epoch"] == 0 or is_improvement(value, state["best_value"], tc.selection_mode)
@@ -127,24 +137,44 @@ def fit(cfg: PipelineConfig, reporter: Reporter | None = None, resume: Optional[
         state["history"].append(metrics)
         with open(out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
-        save_checkpoint(last_path, model=model, optimizer=optimizer, epoch=epoch, config=cfg.to_dict(),
-                        metrics=metrics, state=state)
-        if is_best:   # weights only: the optimizer state is needed to resume, not to use the model
-            save_checkpoint(best_path, model=model, optimizer=None, epoch=epoch, config=cfg.to_dict(),
-                            metrics=metrics, state=state)
+        save_checkpoint(
+            last_path, model=model, optimizer=optimizer, epoch=epoch, config=cfg.to_dict(), metrics=metrics, state=state
+        )
+        if is_best:  # weights only: the optimizer state is needed to resume, not to use the model
+            save_checkpoint(
+                best_path, model=model, optimizer=None, epoch=epoch, config=cfg.to_dict(), metrics=metrics, state=state
+            )
         reporter.on_epoch_end(epoch, metrics, last_path, is_best)
         if stopped_early:
             break
-    return FitResult(best_epoch=state["best_epoch"], best_metrics=state["best_metrics"], best_checkpoint=best_path,
-                     last_checkpoint=last_path, history=state["history"], stopped_early=stopped_early)
+    return FitResult(
+        best_epoch=state["best_epoch"],
+        best_metrics=state["best_metrics"],
+        best_checkpoint=best_path,
+        last_checkpoint=last_path,
+        history=state["history"],
+        stopped_early=stopped_early,
+    )
 
 
-def _train_epoch(model: SATI, optimizer, dataset: SplitDataset, cfg: PipelineConfig, device: torch.device,
-                 epoch: int, reporter: Reporter) -> dict[str, float]:
+def _train_epoch(
+    model: SATI,
+    optimizer,
+    dataset: SplitDataset,
+    cfg: PipelineConfig,
+    device: torch.device,
+    epoch: int,
+    reporter: Reporter,
+) -> dict[str, float]:
     tc = cfg.train
     torch.manual_seed(derive_seed(cfg.seed, "dropout", epoch))
-    loader = make_loader(dataset, tc.batch_size, shuffle=True, seed=derive_seed(cfg.seed, "shuffle", epoch),
-                         num_workers=cfg.data.num_workers)
+    loader = make_loader(
+        dataset,
+        tc.batch_size,
+        shuffle=True,
+        seed=derive_seed(cfg.seed, "shuffle", epoch),
+        num_workers=cfg.data.num_workers,
+    )
     total = len(loader) if tc.max_steps_per_epoch is None else min(len(loader), tc.max_steps_per_epoch)
     params = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, float] = {}
@@ -177,11 +207,11 @@ def _train_epoch(model: SATI, optimizer, dataset: SplitDataset, cfg: PipelineCon
 
 def _unknown_metric(tc, metrics: dict) -> float:
     valid = sorted(k for k in metrics if k.startswith("valid/"))
-    raise ValueError(f"train.selection_metric = {tc.selection_metric!r} is not a computed metric; "
-                     f"choose one of {', '.join(valid)}")
+    raise ValueError(
+        f"train.selection_metric = {tc.selection_metric!r} is not a computed metric; choose one of {', '.join(valid)}"
+    )
 
 
 def _rewrite_history(path: Path, history: list[dict]) -> None:
     """metrics.jsonl holds exactly the epochs the checkpoint knows (a resume drops later lines)."""
     path.write_text("".join(json.dumps(m) + "\n" for m in history))
-

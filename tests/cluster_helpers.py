@@ -17,6 +17,7 @@ that descend from it. Every process started here also carries ``SATI_CLUSTER_MAR
 its environment, and teardown finally kills whatever still carries it (Ray's worker processes
 rename themselves, so their command line cannot be matched).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Optional
 
-if __package__ in (None, ""):          # `python tests/cluster_helpers.py`
+if __package__ in (None, ""):  # `python tests/cluster_helpers.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.search_helpers import REPO, free_port, loopback_env
@@ -47,6 +47,7 @@ RAY = Path(sys.executable).parent / "ray"
 # ---------------------------------------------------------------------------------------------
 # What the machine must have
 
+
 def can_unshare() -> bool:
     """A loopback-only network namespace can be made (root, or CAP_SYS_ADMIN) and `ip` is there."""
     if not shutil.which("unshare") or not shutil.which("ip"):
@@ -57,17 +58,19 @@ def can_unshare() -> bool:
         return False
 
 
-def postgres_bindir() -> Optional[Path]:
+def postgres_bindir() -> Path | None:
     """The directory of `initdb` and `postgres` (Debian: /usr/lib/postgresql/<major>/bin)."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
-                   if p.parent.parent.name.isdigit() else 0)
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
     if found:
         return found[-1].parent
     initdb = shutil.which("initdb")
     return Path(initdb).resolve().parent if initdb else None
 
 
-def postgres_missing() -> Optional[str]:
+def postgres_missing() -> str | None:
     """Why a private Postgres cannot run here, or None."""
     bindir = postgres_bindir()
     if bindir is None or not (bindir / "postgres").exists():
@@ -75,10 +78,12 @@ def postgres_missing() -> Optional[str]:
     if os.geteuid() == 0:
         try:
             import pwd
+
             pwd.getpwnam("postgres")
         except KeyError:
             return "running as root but there is no 'postgres' user to run initdb as"
     import importlib.util
+
     if importlib.util.find_spec("psycopg2") is None:
         return "psycopg2 is not installed (pip install psycopg2-binary)"
     return None
@@ -86,6 +91,7 @@ def postgres_missing() -> Optional[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Processes: each service is a process group of its own; teardown kills the group and its tree
+
 
 def _children() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
@@ -167,9 +173,10 @@ class CpuSampler:
 
     def __init__(self, mark: str, every_s: float = 1.0):
         import threading
+
         self.needle, self.every_s = f"{MARK}={mark}".encode(), every_s
         self.tick = os.sysconf("SC_CLK_TCK")
-        self.last: dict[int, tuple[str, int]] = {}           # pid → (kind, utime + stime ticks)
+        self.last: dict[int, tuple[str, int]] = {}  # pid → (kind, utime + stime ticks)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -203,7 +210,7 @@ class CpuSampler:
         while not self._stop.wait(self.every_s):
             self._sample()
 
-    def start(self) -> "CpuSampler":
+    def start(self) -> CpuSampler:
         self._sample()
         self.base = dict(self.last)
         self.t0, self.m0 = time.time(), self._machine()
@@ -214,19 +221,29 @@ class CpuSampler:
         self._stop.set()
         self._thread.join()
         self._sample()
-        busy, total = (b - a for a, b in zip(self.m0, self._machine()))
+        busy, _total = (b - a for a, b in zip(self.m0, self._machine()))
         by_kind: dict[str, float] = {}
         for pid, (kind, ticks) in self.last.items():
             by_kind[kind] = by_kind.get(kind, 0.0) + (ticks - self.base.get(pid, (kind, 0))[1]) / self.tick
         ours = sum(by_kind.values())
         wall = time.time() - self.t0
-        return {"wall_s": round(wall, 1), "cores": len(os.sched_getaffinity(0)), "machine_busy_cpu_s": round(busy / self.tick, 1),
-                **{f"{k} cpu_s": round(v, 1) for k, v in sorted(by_kind.items())},
-                "other processes cpu_s": round(max(busy / self.tick - ours, 0.0), 1)}
+        return {
+            "wall_s": round(wall, 1),
+            "cores": len(os.sched_getaffinity(0)),
+            "machine_busy_cpu_s": round(busy / self.tick, 1),
+            **{f"{k} cpu_s": round(v, 1) for k, v in sorted(by_kind.items())},
+            "other processes cpu_s": round(max(busy / self.tick - ours, 0.0), 1),
+        }
 
 
-def _wait_for(predicate, timeout_s: float, what: str, proc: Optional[subprocess.Popen] = None,
-              log: Optional[Path] = None, every_s: float = 0.5):
+def _wait_for(
+    predicate,
+    timeout_s: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+    every_s: float = 0.5,
+):
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         value = predicate()
@@ -236,8 +253,11 @@ def _wait_for(predicate, timeout_s: float, what: str, proc: Optional[subprocess.
             break
         time.sleep(every_s)
     tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-    state = f"exited with {proc.returncode}" if proc is not None and proc.returncode is not None else \
-        f"not ready after {timeout_s:.0f} s"
+    state = (
+        f"exited with {proc.returncode}"
+        if proc is not None and proc.returncode is not None
+        else f"not ready after {timeout_s:.0f} s"
+    )
     raise RuntimeError(f"{what} {state}; log tail:\n{tail}")
 
 
@@ -248,8 +268,9 @@ class Service:
         self.name, self.log_path = name, log
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log, "w")
-        self.proc = subprocess.Popen([str(a) for a in argv], stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True, **popen)
+        self.proc = subprocess.Popen(
+            [str(a) for a in argv], stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True, **popen
+        )
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -262,6 +283,7 @@ class Service:
 
 # ---------------------------------------------------------------------------------------------
 # Postgres, the MLflow server, the Ray cluster
+
 
 class Postgres:
     """A private Postgres on 127.0.0.1:<port>, trust auth, in a mkdtemp under /tmp.
@@ -276,25 +298,65 @@ class Postgres:
         user: dict = {}
         if os.geteuid() == 0:
             import pwd
+
             pw = pwd.getpwnam("postgres")
             os.chown(self.base, pw.pw_uid, pw.pw_gid)
             user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
         env = {**env, "LC_ALL": "C", "LANG": "C"}
         data = self.base / "data"
-        out = subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                              "--no-sync", "--no-instructions"], cwd=self.base, env=env, capture_output=True,
-                             text=True, timeout=180, **user)
+        out = subprocess.run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            cwd=self.base,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            **user,
+        )
         if out.returncode != 0:
             shutil.rmtree(self.base, ignore_errors=True)
             raise RuntimeError(f"initdb failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
-        self.service = Service("postgres", [bindir / "postgres", "-D", data, "-h", "127.0.0.1", "-p", self.port,
-                                            "-k", self.base, "-c", "fsync=off", "-c", "synchronous_commit=off",
-                                            "-c", "full_page_writes=off"],
-                               log_dir / "postgres.log", env, cwd=self.base, **user)
+        self.service = Service(
+            "postgres",
+            [
+                bindir / "postgres",
+                "-D",
+                data,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                self.port,
+                "-k",
+                self.base,
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ],
+            log_dir / "postgres.log",
+            env,
+            cwd=self.base,
+            **user,
+        )
         self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/mlflow"
 
     def _connect(self, dbname: str):
         import psycopg2
+
         return psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=dbname, connect_timeout=5)
 
     def wait_ready(self, timeout_s: float = 120) -> None:
@@ -304,6 +366,7 @@ class Postgres:
                 return True
             except Exception:
                 return False
+
         _wait_for(up, timeout_s, "postgres", self.service.proc, self.service.log_path)
         conn = self._connect("postgres")
         conn.autocommit = True
@@ -321,7 +384,7 @@ class Postgres:
             conn.close()
 
     def stop(self) -> None:
-        self.service.stop(signal.SIGINT, grace_s=30)       # SIGINT: Postgres' fast shutdown
+        self.service.stop(signal.SIGINT, grace_s=30)  # SIGINT: Postgres' fast shutdown
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -331,10 +394,27 @@ class MlflowServer:
     def __init__(self, backend: str, artifacts: Path, env: dict, log_dir: Path):
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.service = Service("mlflow", [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                                          "--port", self.port, "--workers", "1", "--backend-store-uri", backend,
-                                          "--artifacts-destination", artifacts],
-                               log_dir / "mlflow-server.log", env)
+        self.service = Service(
+            "mlflow",
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                self.port,
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                backend,
+                "--artifacts-destination",
+                artifacts,
+            ],
+            log_dir / "mlflow-server.log",
+            env,
+        )
 
     def wait_ready(self, timeout_s: float = 240) -> None:
         def up():
@@ -343,6 +423,7 @@ class MlflowServer:
                 return True
             except OSError:
                 return False
+
         _wait_for(up, timeout_s, "mlflow server", self.service.proc, self.service.log_path)
 
     def stop(self) -> None:
@@ -352,35 +433,57 @@ class MlflowServer:
 class RayCluster:
     """A Ray head with 0 CPUs and worker raylets, each a `ray start --block` in a session of its own."""
 
-    def __init__(self, env: dict, log_dir: Path, object_store_bytes: int = 150 * 1024 ** 2):
+    def __init__(self, env: dict, log_dir: Path, object_store_bytes: int = 150 * 1024**2):
         self.env, self.log_dir = env, log_dir
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         # a short path: Ray's unix sockets live under it (108-byte limit)
         self.temp_dir = Path(tempfile.mkdtemp(prefix="satic", dir="/tmp"))
         self.object_store = object_store_bytes
-        self.head: Optional[Service] = None
+        self.head: Service | None = None
         self.workers: list[Service] = []
 
     def _common(self) -> list:
         # Several nodes on one IP: each its own dashboard-agent port and random worker ports, as
         # ray.cluster_utils does for its test clusters (by default every node would take 52365
         # and hand out worker ports from the same 10002-19999 range).
-        return ["--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
-                f"--object-store-memory={self.object_store}", f"--dashboard-agent-listen-port={free_port()}",
-                "--min-worker-port=0", "--max-worker-port=0", "--block"]
+        return [
+            "--node-ip-address=127.0.0.1",
+            "--disable-usage-stats",
+            f"--temp-dir={self.temp_dir}",
+            f"--object-store-memory={self.object_store}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+            "--block",
+        ]
 
     def start_head(self) -> Service:
-        self.head = Service("ray-head", [RAY, "start", "--head", f"--port={self.port}", "--num-cpus=0",
-                                         "--num-gpus=0", "--include-dashboard=false", *self._common()],
-                            self.log_dir / "ray-head.log", self.env)
+        self.head = Service(
+            "ray-head",
+            [
+                RAY,
+                "start",
+                "--head",
+                f"--port={self.port}",
+                "--num-cpus=0",
+                "--num-gpus=0",
+                "--include-dashboard=false",
+                *self._common(),
+            ],
+            self.log_dir / "ray-head.log",
+            self.env,
+        )
         return self.head
 
     def add_worker(self, num_cpus: int = 1) -> Service:
         i = len(self.workers) + 1
-        worker = Service(f"ray-worker-{i}", [RAY, "start", f"--address={self.address}", f"--num-cpus={num_cpus}",
-                                             "--num-gpus=0", *self._common()],
-                         self.log_dir / f"ray-worker-{i}.log", self.env)
+        worker = Service(
+            f"ray-worker-{i}",
+            [RAY, "start", f"--address={self.address}", f"--num-cpus={num_cpus}", "--num-gpus=0", *self._common()],
+            self.log_dir / f"ray-worker-{i}.log",
+            self.env,
+        )
         self.workers.append(worker)
         return worker
 
@@ -404,9 +507,14 @@ class RayCluster:
 
     def status(self) -> str:
         try:
-            return subprocess.run([str(RAY), "status", f"--address={self.address}"], env=self.env,
-                                  capture_output=True, text=True, timeout=60).stdout
-        except subprocess.TimeoutExpired:            # a loaded machine: the caller polls again
+            return subprocess.run(
+                [str(RAY), "status", f"--address={self.address}"],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+        except subprocess.TimeoutExpired:  # a loaded machine: the caller polls again
             return ""
 
     def active_nodes(self) -> list[str]:
@@ -423,27 +531,43 @@ class RayCluster:
     def stop(self) -> None:
         for node in self.workers + ([self.head] if self.head else []):
             if node.proc.returncode is None:
-                node.stop(grace_s=5)      # the head drains for up to 30 s on SIGTERM; no need here
+                node.stop(grace_s=5)  # the head drains for up to 30 s on SIGTERM; no need here
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def cluster_env(mark: str) -> dict:
     """One environment for every process of the cluster: the same RAY_AUTH_MODE and a private token."""
-    env = loopback_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), **{MARK: mark},
-                       PYTHONPATH=str(REPO), TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0")
-    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)    # it forbids `ray start --address`
+    env = loopback_env(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        **{MARK: mark},
+        PYTHONPATH=str(REPO),
+        TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0",
+    )
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # it forbids `ray start --address`
     return env
 
 
 def start_search(pipeline: Path, address: str, env: dict, log_dir: Path, cwd: Path, *overrides: str) -> Service:
     sets = [a for o in overrides for a in ("--set", o)]
-    return Service("sati-search", [sys.executable, "-m", "sati.cli", "search", pipeline, "--address", address, *sets],
-                   log_dir / "sati-search.log", env, cwd=cwd)
+    return Service(
+        "sati-search",
+        [sys.executable, "-m", "sati.cli", "search", pipeline, "--address", address, *sets],
+        log_dir / "sati-search.log",
+        env,
+        cwd=cwd,
+    )
 
 
 def _run_record(run) -> dict:
-    return {"run_id": run.info.run_id, "status": run.info.status, "name": run.info.run_name,
-            "start_time": run.info.start_time, "end_time": run.info.end_time, "tags": dict(run.data.tags)}
+    return {
+        "run_id": run.info.run_id,
+        "status": run.info.status,
+        "name": run.info.run_name,
+        "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
+        "tags": dict(run.data.tags),
+    }
 
 
 def _trial_runs(client, experiment: str, extra: str = "") -> list:
@@ -456,10 +580,12 @@ def _trial_runs(client, experiment: str, extra: str = "") -> list:
 # ---------------------------------------------------------------------------------------------
 # Scenarios (run inside the namespace)
 
+
 def lose_a_worker(args, mark: str, report: dict, stack: contextlib.ExitStack) -> None:
     """Postgres + mlflow server + head (0 CPUs) + 2 worker raylets (1 CPU each); `sati search`; once a
     trial is RUNNING on a worker, that worker's process group is killed; the search must finish."""
     from mlflow.tracking import MlflowClient
+
     root, env = Path(args.root), cluster_env(mark)
     logs = root / "logs"
     t0 = time.time()
@@ -475,7 +601,7 @@ def lose_a_worker(args, mark: str, report: dict, stack: contextlib.ExitStack) ->
     stack.callback(ray.stop)
     ray.wait_started(ray.start_head())
     workers = []
-    for _ in range(2):                                 # one after the other: no race for ports
+    for _ in range(2):  # one after the other: no race for ports
         workers.append(ray.add_worker(1))
         ray.wait_started(workers[-1])
     ids = [ray.node_id(w) for w in workers]
@@ -499,18 +625,27 @@ def lose_a_worker(args, mark: str, report: dict, stack: contextlib.ExitStack) ->
             break
         time.sleep(0.5)
     if victim is None:
-        report["error"] = ("no trial was seen RUNNING on a worker before the search ended" if search.proc.poll()
-                           is not None else f"no trial RUNNING on a worker within {args.kill_timeout} s")
+        report["error"] = (
+            "no trial was seen RUNNING on a worker before the search ended"
+            if search.proc.poll() is not None
+            else f"no trial RUNNING on a worker within {args.kill_timeout} s"
+        )
     else:
         run, node = victim
         worker = workers[ids.index(node)]
         epochs = client.get_metric_history(run.info.run_id, "epoch")
-        killed = worker.stop(signal.SIGKILL, grace_s=5)     # the node crashes: raylet, agents, its trial
+        killed = worker.stop(signal.SIGKILL, grace_s=5)  # the node crashes: raylet, agents, its trial
         time.sleep(1)
-        report["kill"] = {"node": node, "worker": worker.name, "trial_id": run.data.tags.get("sati.trial_id"),
-                          "run_id": run.info.run_id, "after_s": round(time.time() - t_search, 1),
-                          "epochs_done": max((int(m.value) for m in epochs), default=0),
-                          "pids": len(killed), "pids_alive_after": [p for p in killed if alive(p)]}
+        report["kill"] = {
+            "node": node,
+            "worker": worker.name,
+            "trial_id": run.data.tags.get("sati.trial_id"),
+            "run_id": run.info.run_id,
+            "after_s": round(time.time() - t_search, 1),
+            "epochs_done": max((int(m.value) for m in epochs), default=0),
+            "pids": len(killed),
+            "pids_alive_after": [p for p in killed if alive(p)],
+        }
 
     try:
         report["search_rc"] = search.proc.wait(args.search_timeout)
@@ -522,8 +657,9 @@ def lose_a_worker(args, mark: str, report: dict, stack: contextlib.ExitStack) ->
     exp = client.get_experiment_by_name(args.experiment)
     report["runs"] = [_run_record(r) for r in client.search_runs([exp.experiment_id], max_results=1000)] if exp else []
     report["postgres_runs"] = [list(r) for r in pg.query("SELECT run_uuid, status FROM runs")]
-    report["postgres_trial_tags"] = [list(r) for r in pg.query(
-        "SELECT run_uuid, value FROM tags WHERE key = 'sati.trial_id'")]
+    report["postgres_trial_tags"] = [
+        list(r) for r in pg.query("SELECT run_uuid, value FROM tags WHERE key = 'sati.trial_id'")
+    ]
     report["worker_log_tails"] = {w.name: w.log_text()[-1500:] for w in workers}
 
 
@@ -531,6 +667,7 @@ def throughput(args, mark: str, report: dict, stack: contextlib.ExitStack) -> No
     """Head (0 CPUs) + N worker raylets (1 CPU each); one `sati search` with a file tracking store;
     trial throughput from the trial runs' start and end times."""
     from mlflow.tracking import MlflowClient
+
     root, env = Path(args.root), cluster_env(mark)
     logs = root / "logs"
     ray = RayCluster(env, logs)
@@ -562,10 +699,10 @@ def throughput(args, mark: str, report: dict, stack: contextlib.ExitStack) -> No
 
 
 def _exit_on_sigterm(signum, frame):
-    raise SystemExit(143)       # a timeout above us: the ExitStack still cleans up
+    raise SystemExit(143)  # a timeout above us: the ExitStack still cleans up
 
 
-def _inner(argv: Optional[list[str]] = None) -> int:
+def _inner(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("scenario", choices=["lose-a-worker", "throughput"])
     ap.add_argument("--pipeline", required=True)
@@ -580,7 +717,7 @@ def _inner(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--cpus", type=int, default=0, help="confine everything started here to the first N cores")
     args = ap.parse_args(argv)
     if args.cpus:
-        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cpus]))     # inherited by children
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.cpus]))  # inherited by children
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     report: dict = {"scenario": args.scenario, "cpus": sorted(os.sched_getaffinity(0))}
@@ -588,10 +725,12 @@ def _inner(argv: Optional[list[str]] = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             stack.callback(lambda: report.__setitem__("swept", sweep(args.mark)))
-            {"lose-a-worker": lose_a_worker, "throughput": throughput}[args.scenario](args, mark=args.mark,
-                                                                                   report=report, stack=stack)
-    except Exception as err:     # the report says what went wrong; the caller fails on it
+            {"lose-a-worker": lose_a_worker, "throughput": throughput}[args.scenario](
+                args, mark=args.mark, report=report, stack=stack
+            )
+    except Exception as err:  # the report says what went wrong; the caller fails on it
         import traceback
+
         report["error"] = report.get("error") or f"{type(err).__name__}: {err}"
         report["traceback"] = traceback.format_exc()[-4000:]
     report["wall_s"] = round(time.time() - t0, 1)
@@ -604,14 +743,34 @@ def run_in_netns(scenario: str, pipeline: Path, root: Path, timeout_s: float = 9
     started is killed afterwards, also when it timed out."""
     root.mkdir(parents=True, exist_ok=True)
     report_path, mark = root / "report.json", secrets.token_hex(8)
-    argv = ["unshare", "-n", sys.executable, "-m", "tests.cluster_helpers", scenario, "--pipeline", str(pipeline),
-            "--root", str(root), "--report", str(report_path), "--mark", mark]
+    argv = [
+        "unshare",
+        "-n",
+        sys.executable,
+        "-m",
+        "tests.cluster_helpers",
+        scenario,
+        "--pipeline",
+        str(pipeline),
+        "--root",
+        str(root),
+        "--report",
+        str(report_path),
+        "--mark",
+        mark,
+    ]
     for key, value in options.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
     env = loopback_env(PYTHONPATH=str(REPO))
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-    proc = subprocess.Popen(argv, cwd=root, env=env, stdout=open(root / "orchestrator.log", "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=root,
+        env=env,
+        stdout=open(root / "orchestrator.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         proc.wait(timeout_s)
     except subprocess.TimeoutExpired:

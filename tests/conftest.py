@@ -1,4 +1,5 @@
 """Shared fixtures: an offline tiny text encoder, a small generated dataset, and small configs."""
+
 from __future__ import annotations
 
 import os
@@ -38,15 +39,28 @@ def synth_path(tmp_path_factory) -> Path:
 def small_config(tmp_path: Path, data_path: Path, encoder: Path, **sections) -> dict:
     """A pipeline mapping for a fast CPU run; ``sections`` update the given sections."""
     raw = {
-        "name": "test", "seed": 7,
+        "name": "test",
+        "seed": 7,
         "data": {"path": str(data_path)},
-        "model": {"text_encoder": str(encoder), "hidden_size": 32, "encoder_feedforward": 64,
-                  "fusion_feedforward": 64, "fbp_hidden": 8, "dropout": 0.1,
-                  # With so small a model and so few steps, full-strength gradient reversal (λ = 1)
-                  # drowns the task gradient; 0.1 is the low end of the usual λ range.
-                  "reverse_grad_weight": 0.1},
-        "train": {"epochs": 2, "batch_size": 32, "lr": 2.0e-3, "out_dir": str(tmp_path / "run"),
-                  "device": "cpu", "patience": 0},
+        "model": {
+            "text_encoder": str(encoder),
+            "hidden_size": 32,
+            "encoder_feedforward": 64,
+            "fusion_feedforward": 64,
+            "fbp_hidden": 8,
+            "dropout": 0.1,
+            # With so small a model and so few steps, full-strength gradient reversal (λ = 1)
+            # drowns the task gradient; 0.1 is the low end of the usual λ range.
+            "reverse_grad_weight": 0.1,
+        },
+        "train": {
+            "epochs": 2,
+            "batch_size": 32,
+            "lr": 2.0e-3,
+            "out_dir": str(tmp_path / "run"),
+            "device": "cpu",
+            "patience": 0,
+        },
     }
     for section, values in sections.items():
         if isinstance(values, dict):
@@ -59,16 +73,20 @@ def small_config(tmp_path: Path, data_path: Path, encoder: Path, **sections) -> 
 @pytest.fixture
 def make_config(tmp_path, synth_path, tiny_encoder):
     """Build a validated PipelineConfig for a fast run (``make_config(train={"epochs": 3})``)."""
+
     def build(**sections) -> PipelineConfig:
         return from_dict(small_config(tmp_path, synth_path, tiny_encoder, **sections), "test")
+
     return build
 
 
 @pytest.fixture
 def write_pipeline(tmp_path, synth_path, tiny_encoder):
     """Write a small pipeline YAML and return its path."""
+
     def write(name: str = "pipeline.yaml", **sections) -> Path:
         path = tmp_path / name
         path.write_text(yaml.safe_dump(small_config(tmp_path, synth_path, tiny_encoder, **sections)))
         return path
+
     return write

@@ -12,18 +12,20 @@ and the slow baseline of ``benchmarks/bench_step.py``. They favour clarity over 
 Layouts follow ``sati.model.sati.SATIOutput`` (batch-first, modality order text, audio, video)
 unless a docstring says otherwise. Every function returns a Python float.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-EPS = 1e-10          # JSD smoothing constant of the reference code
+EPS = 1e-10  # JSD smoothing constant of the reference code
 
 
 # ------------------------------------------------------------------------------------------------
 # small helpers on Python lists
+
 
 def _lists(x: torch.Tensor) -> list:
     """A tensor as nested lists of Python floats (float64)."""
@@ -36,7 +38,7 @@ def _l2(v: Sequence[float]) -> float:
 
 
 def _softmax(v: Sequence[float]) -> list[float]:
-    top = max(v)                                   # subtracting the max does not change the result
+    top = max(v)  # subtracting the max does not change the result
     e = [math.exp(a - top) for a in v]
     z = sum(e)
     return [a / z for a in e]
@@ -48,12 +50,13 @@ def _kl(a: Sequence[float], b: Sequence[float], eps: float = EPS) -> float:
 
 
 def _jsd(p: Sequence[float], q: Sequence[float], eps: float = EPS) -> float:
-    m = [(ph + qh) / 2 for ph, qh in zip(p, q)]   # m is formed before ε is added
+    m = [(ph + qh) / 2 for ph, qh in zip(p, q)]  # m is formed before ε is added
     return 0.5 * _kl(p, m, eps) + 0.5 * _kl(q, m, eps)
 
 
 # ------------------------------------------------------------------------------------------------
 # 2.1 task
+
 
 def task_loss(prediction: torch.Tensor, labels: torch.Tensor) -> float:
     """mean_b (ŷ_b − y_b)²; prediction, labels: [B]."""
@@ -67,6 +70,7 @@ def task_loss(prediction: torch.Tensor, labels: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------------------------
 # 2.2 CMD consistency
 
+
 def cmd(x: torch.Tensor, y: torch.Tensor, moments: int = 5) -> float:
     """CMD(x, y) = ‖μ_x − μ_y‖ + Σ_{k=2..K} ‖mean_b (x−μ_x)^k − mean_b (y−μ_y)^k‖; x, y: [B, H]."""
     xs, ys = _lists(x), _lists(y)
@@ -78,7 +82,7 @@ def cmd(x: torch.Tensor, y: torch.Tensor, moments: int = 5) -> float:
             acc = 0.0
             for b in range(len(rows)):
                 v = rows[b][h] - (centre[h] if centre is not None else 0.0)
-                acc += v ** k
+                acc += v**k
             out.append(acc / len(rows))
         return out
 
@@ -98,6 +102,7 @@ def consistency_loss(shared_means: torch.Tensor, moments: int = 5) -> float:
 
 # ------------------------------------------------------------------------------------------------
 # 2.4 temporal-invariance JSD
+
 
 def temporal_jsd(codes: torch.Tensor, mask: torch.Tensor, eps: float = EPS) -> float:
     """Masked L_ti. codes: [B, T, C] (batch-first), mask: [B, T] bool.
@@ -144,8 +149,10 @@ def temporal_jsd_unmasked(codes_seq_first: torch.Tensor, eps: float = EPS) -> fl
 # ------------------------------------------------------------------------------------------------
 # 2.3 angular-margin domain loss
 
-def angular_margin_loss(feature: torch.Tensor, label: int, classes: torch.Tensor, *, scale: float,
-                        margin: float, form: str, l2: float = 0.0) -> float:
+
+def angular_margin_loss(
+    feature: torch.Tensor, label: int, classes: torch.Tensor, *, scale: float, margin: float, form: str, l2: float = 0.0
+) -> float:
     """ℓ(f, y) for one sample: f [H], y ∈ {0..C−1}, classes W [C, H].
 
     cos_c = (f/‖f‖)·(W_c/‖W_c‖); logit_c = s·cos_c for c ≠ y and
@@ -174,8 +181,17 @@ def angular_margin_loss(feature: torch.Tensor, label: int, classes: torch.Tensor
     return loss + l2 * sum(v * v for row in w for v in row)
 
 
-def domain_loss(features: torch.Tensor, labels: Sequence[int] | torch.Tensor, classes: torch.Tensor, *,
-                scale: float, margin: float, form: str, reduction: str = "mean", l2: float = 0.01) -> float:
+def domain_loss(
+    features: torch.Tensor,
+    labels: Sequence[int] | torch.Tensor,
+    classes: torch.Tensor,
+    *,
+    scale: float,
+    margin: float,
+    form: str,
+    reduction: str = "mean",
+    l2: float = 0.01,
+) -> float:
     """L_dom with the reference code's Python loop over the batch.
 
     features: [2·M, B, H], the shared codes of the M modalities first, then the private ones;
@@ -194,18 +210,20 @@ def domain_loss(features: torch.Tensor, labels: Sequence[int] | torch.Tensor, cl
     w = _lists(classes)
     w_sq = sum(v * v for row in w for v in row)
     total = 0.0
-    for code_type in range(2):                       # 0: shared (L_I), 1: private (L_S)
+    for code_type in range(2):  # 0: shared (L_I), 1: private (L_S)
         acc = 0.0
         for b in range(batch):
             per_sample = 0.0
             for m in range(modalities):
                 g = code_type * modalities + m
                 if reduction == "mean":
-                    per_sample += angular_margin_loss(features[g, b], labels[g], classes, scale=scale,
-                                                      margin=margin, form=form, l2=l2)
+                    per_sample += angular_margin_loss(
+                        features[g, b], labels[g], classes, scale=scale, margin=margin, form=form, l2=l2
+                    )
                 elif reduction == "sum":
-                    per_sample += angular_margin_loss(features[g, b], labels[g], classes, scale=scale,
-                                                      margin=margin, form=form, l2=0.0)
+                    per_sample += angular_margin_loss(
+                        features[g, b], labels[g], classes, scale=scale, margin=margin, form=form, l2=0.0
+                    )
                 else:
                     raise ValueError(reduction)
             acc += per_sample / modalities if reduction == "mean" else per_sample
@@ -217,6 +235,7 @@ def domain_loss(features: torch.Tensor, labels: Sequence[int] | torch.Tensor, cl
 
 # ------------------------------------------------------------------------------------------------
 # 2.5 reconstruction
+
 
 def reconstruction_loss(targets: torch.Tensor, masks: torch.Tensor, reconstructions: torch.Tensor) -> float:
     """(1/M) Σ_m [mean over real (b, t) steps and over h of (U_m[b,t,h] − r_m[b,h])²].
@@ -242,6 +261,7 @@ def reconstruction_loss(targets: torch.Tensor, masks: torch.Tensor, reconstructi
 # ------------------------------------------------------------------------------------------------
 # 2.7 total
 
+
 def total_loss(out, labels: torch.Tensor, cfg, ablation) -> dict[str, float]:
     """Every term (unweighted) and L = L_task + α L_con + β L_ti + γ L_dom + w_rec L_rec.
 
@@ -252,13 +272,27 @@ def total_loss(out, labels: torch.Tensor, cfg, ablation) -> dict[str, float]:
         "task": task_loss(out.prediction, labels),
         "consistency": consistency_loss(out.shared_means, cfg.cmd_moments),
         "temporal": temporal_jsd(out.video_codes, out.video_mask) if ablation.til else 0.0,
-        "domain": (domain_loss(out.domain_features, out.domain_labels, out.domain_classes, scale=cfg.scale,
-                               margin=cfg.margin, form=cfg.margin_form, reduction=cfg.domain_reduction,
-                               l2=cfg.domain_l2)
-                   if ablation.adversarial and out.domain_features is not None else 0.0),
+        "domain": (
+            domain_loss(
+                out.domain_features,
+                out.domain_labels,
+                out.domain_classes,
+                scale=cfg.scale,
+                margin=cfg.margin,
+                form=cfg.margin_form,
+                reduction=cfg.domain_reduction,
+                l2=cfg.domain_l2,
+            )
+            if ablation.adversarial and out.domain_features is not None
+            else 0.0
+        ),
         "reconstruction": reconstruction_loss(out.projections, out.projection_masks, out.reconstructions),
     }
-    terms["total"] = (terms["task"] + cfg.consistency_weight * terms["consistency"]
-                      + cfg.temporal_weight * terms["temporal"] + cfg.domain_weight * terms["domain"]
-                      + cfg.reconstruction_weight * terms["reconstruction"])
+    terms["total"] = (
+        terms["task"]
+        + cfg.consistency_weight * terms["consistency"]
+        + cfg.temporal_weight * terms["temporal"]
+        + cfg.domain_weight * terms["domain"]
+        + cfg.reconstruction_weight * terms["reconstruction"]
+    )
     return terms

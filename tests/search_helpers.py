@@ -1,4 +1,5 @@
 """Helpers for the search tests: a real `mlflow server` on 127.0.0.1 and `sati search` runs."""
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,15 @@ REPO = Path(__file__).resolve().parents[1]
 def loopback_env(**extra: str) -> dict[str, str]:
     """Environment for child processes: offline, no telemetry, Ray on loopback only."""
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", RAY_USAGE_STATS_ENABLED="0",
-               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", TOKENIZERS_PARALLELISM="false",
-               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", PYTHONUNBUFFERED="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        TOKENIZERS_PARALLELISM="false",
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        PYTHONUNBUFFERED="1",
+    )
     env.update(extra)
     return env
 
@@ -41,10 +48,27 @@ class MlflowServer:
         root.mkdir(parents=True, exist_ok=True)
         self.log = open(root / "server.log", "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-             "--artifacts-destination", str(root / "artifacts")],
-            stdout=self.log, stderr=subprocess.STDOUT, env=loopback_env(), start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=loopback_env(),
+            start_new_session=True,
+        )
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
@@ -67,19 +91,35 @@ class MlflowServer:
         self.log.close()
 
 
-def write_search_pipeline(path: Path, data: Path, encoder: Path, uri: str, storage: Path, space: dict,
-                          **sections) -> Path:
+def write_search_pipeline(
+    path: Path, data: Path, encoder: Path, uri: str, storage: Path, space: dict, **sections
+) -> Path:
     """A small search pipeline: tiny text encoder, few epochs, its own space file."""
     space_path = path.with_name(path.stem + "_space.yaml")
     space_path.write_text(yaml.safe_dump(space))
     raw = {
-        "name": "t", "seed": 7,
+        "name": "t",
+        "seed": 7,
         "data": {"path": str(data)},
-        "model": {"text_encoder": str(encoder), "hidden_size": 32, "encoder_feedforward": 64,
-                  "fusion_feedforward": 64, "fbp_hidden": 8, "dropout": 0.1, "reverse_grad_weight": 0.1},
+        "model": {
+            "text_encoder": str(encoder),
+            "hidden_size": 32,
+            "encoder_feedforward": 64,
+            "fusion_feedforward": 64,
+            "fbp_hidden": 8,
+            "dropout": 0.1,
+            "reverse_grad_weight": 0.1,
+        },
         "train": {"epochs": 3, "batch_size": 32, "lr": 2.0e-3, "device": "cpu", "patience": 0},
-        "search": {"space": str(space_path), "num_samples": 4, "max_concurrent": 2, "scheduler": "asha",
-                   "reduction_factor": 2, "storage_path": str(storage), "max_failures": 0},
+        "search": {
+            "space": str(space_path),
+            "num_samples": 4,
+            "max_concurrent": 2,
+            "scheduler": "asha",
+            "reduction_factor": 2,
+            "storage_path": str(storage),
+            "max_failures": 0,
+        },
         "tracking": {"uri": uri, "experiment": "test-search"},
     }
     for section, values in sections.items():
@@ -89,5 +129,11 @@ def write_search_pipeline(path: Path, data: Path, encoder: Path, uri: str, stora
 
 
 def run_sati(args: list[str], cwd: Path, timeout: int = 600, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sati.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=loopback_env(**env))
+    return subprocess.run(
+        [sys.executable, "-m", "sati.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=loopback_env(**env),
+    )

@@ -4,6 +4,7 @@ No real MMSA/MISA pickles or feature .csd files are available here, so tests wri
 ``write_mmsa`` (5b), ``write_misa`` (5a), ``write_csd`` (5c). The values are chosen so a test can
 predict what the reader must produce.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -13,8 +14,17 @@ import h5py
 import numpy as np
 
 
-def mmsa_split(n: int, *, t: int = 8, d_a: int = 5, d_v: int = 20, d_t: int = 16, unaligned: bool = False,
-               seed: int = 0, prefix: str = "vid") -> dict:
+def mmsa_split(
+    n: int,
+    *,
+    t: int = 8,
+    d_a: int = 5,
+    d_v: int = 20,
+    d_t: int = 16,
+    unaligned: bool = False,
+    seed: int = 0,
+    prefix: str = "vid",
+) -> dict:
     """One MMSA split: text_bert mask lengths 3..t, -inf in audio, NaN in vision."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(3, t + 1, size=n)
@@ -29,7 +39,9 @@ def mmsa_split(n: int, *, t: int = 8, d_a: int = 5, d_v: int = 20, d_t: int = 16
         "raw_text": np.array([f"sample {i} was really good" for i in range(n)]),
         "id": np.array([f"{prefix}_{i // 3}$_${i % 3 + 1}" for i in range(n)], dtype=object),
         "text": rng.standard_normal((n, t, d_t)).astype(np.float32),
-        "text_bert": text_bert, "audio": audio, "vision": vision,
+        "text_bert": text_bert,
+        "audio": audio,
+        "vision": vision,
         "annotations": np.array(["Positive"] * n),
         "classification_labels": np.ones(n),
         "regression_labels": np.round(rng.uniform(-3, 3, n), 1).astype(np.float32),
@@ -41,8 +53,10 @@ def mmsa_split(n: int, *, t: int = 8, d_a: int = 5, d_v: int = 20, d_t: int = 16
 
 
 def write_mmsa(path: Path, sizes=(12, 5, 6), *, valid_key: str = "valid", **kw) -> Path:
-    data = {name: mmsa_split(n, seed=i, prefix=name, **kw)
-            for i, (name, n) in enumerate(zip(("train", valid_key, "test"), sizes))}
+    data = {
+        name: mmsa_split(n, seed=i, prefix=name, **kw)
+        for i, (name, n) in enumerate(zip(("train", valid_key, "test"), sizes))
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         pickle.dump(data, f, protocol=4)
@@ -72,10 +86,12 @@ def write_misa(folder: Path, sizes=(10, 4, 5)) -> Path:
     return folder
 
 
-def write_csd(path: Path, root: str, entries: dict[str, tuple[np.ndarray, np.ndarray]],
-              metadata: dict | None = None) -> Path:
+def write_csd(
+    path: Path, root: str, entries: dict[str, tuple[np.ndarray, np.ndarray]], metadata: dict | None = None
+) -> Path:
     """A computational sequence: <root>/data/<video>/{features, intervals}, <root>/metadata/<key>."""
     import json
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         g = f.create_group(root)
@@ -86,6 +102,7 @@ def write_csd(path: Path, root: str, entries: dict[str, tuple[np.ndarray, np.nda
             e["intervals"] = np.asarray(intervals, dtype=np.float32)
         meta = g.create_group("metadata")
         for key, value in (metadata or {"root name": root}).items():
-            meta.create_dataset(key, data=np.array([json.dumps(value).encode()], dtype=object),
-                                dtype=h5py.string_dtype())
+            meta.create_dataset(
+                key, data=np.array([json.dumps(value).encode()], dtype=object), dtype=h5py.string_dtype()
+            )
     return path

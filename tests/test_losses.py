@@ -1,6 +1,7 @@
 """The vectorized losses of ``sati.losses`` against the loop forms in ``tests/reference_losses.py``,
 gradient reversal, the weighted total and its ablation switches, gradient flow through a tiny
 SATI model, and padding invariance of its predictions."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,14 +13,14 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:          # so that `tests.*` imports without a conftest
+if str(ROOT) not in sys.path:  # so that `tests.*` imports without a conftest
     sys.path.insert(0, str(ROOT))
 
-from sati import losses                                              # noqa: E402
-from sati.config import AblationConfig, LossConfig, ModelConfig      # noqa: E402
-from sati.model.layers import reverse_grad                           # noqa: E402
-from sati.model.sati import SATI, SATIOutput                         # noqa: E402
-from tests import reference_losses as ref                            # noqa: E402
+from sati import losses  # noqa: E402
+from sati.config import AblationConfig, LossConfig, ModelConfig  # noqa: E402
+from sati.model.layers import reverse_grad  # noqa: E402
+from sati.model.sati import SATI, SATIOutput  # noqa: E402
+from tests import reference_losses as ref  # noqa: E402
 
 F64 = torch.float64
 
@@ -39,9 +40,17 @@ def random_lengths(gen: torch.Generator, batch: int, low: int, high: int) -> lis
     return torch.randint(low, high + 1, (batch,), generator=gen).tolist()
 
 
-def random_output(seed: int, batch: int = 6, steps: int = 7, hidden: int = 8, *, dtype=F64,
-                  av_lengths: list[int] | None = None, text_lengths: list[int] | None = None,
-                  code_spread: float = 1.0) -> SATIOutput:
+def random_output(
+    seed: int,
+    batch: int = 6,
+    steps: int = 7,
+    hidden: int = 8,
+    *,
+    dtype=F64,
+    av_lengths: list[int] | None = None,
+    text_lengths: list[int] | None = None,
+    code_spread: float = 1.0,
+) -> SATIOutput:
     """A SATIOutput of random tensors with the documented shapes (no model involved).
 
     By default the lengths are ≤ steps − 2, so the last two steps are padding for every sample.
@@ -72,13 +81,14 @@ def random_output(seed: int, batch: int = 6, steps: int = 7, hidden: int = 8, *,
 # ------------------------------------------------------------------------------------------------
 # CMD / consistency
 
+
 @pytest.mark.parametrize("seed,batch,hidden,moments", [(0, 5, 4, 5), (1, 9, 16, 5), (2, 3, 7, 3), (3, 2, 5, 1)])
 def test_cmd_matches_loop(seed, batch, hidden, moments):
     g = torch.Generator().manual_seed(seed)
     x = torch.sigmoid(torch.randn(batch, hidden, generator=g, dtype=F64))
     y = torch.sigmoid(2 * torch.randn(batch, hidden, generator=g, dtype=F64))
     close(losses.cmd(x, y, moments), ref.cmd(x, y, moments))
-    close(losses.cmd(x, x, moments), 0.0, atol=1e-5)               # identical inputs: only the eps
+    close(losses.cmd(x, x, moments), 0.0, atol=1e-5)  # identical inputs: only the eps
 
 
 def test_cmd_batched_leading_dims_match_loop():
@@ -109,10 +119,11 @@ def test_consistency_uses_the_three_pairs():
 # ------------------------------------------------------------------------------------------------
 # temporal JSD
 
+
 @pytest.mark.parametrize("seed,spread", [(0, 1.0), (1, 1.0), (2, 4.0), (3, 4.0)])
 def test_temporal_jsd_matches_loop(seed, spread):
     out = random_output(seed, batch=6, steps=9, hidden=5, code_spread=spread)
-    assert not out.video_mask[:, -1].any()                           # fully padded tail steps
+    assert not out.video_mask[:, -1].any()  # fully padded tail steps
     got = losses.temporal_jsd(out.video_codes, out.video_mask)
     want = ref.temporal_jsd(out.video_codes, out.video_mask)
     assert want > 0
@@ -122,9 +133,9 @@ def test_temporal_jsd_matches_loop(seed, spread):
 def test_temporal_jsd_all_valid_matches_unmasked_reference():
     """With no padding, the masked loss is the reference code's formula on seq-first codes."""
     g = torch.Generator().manual_seed(6)
-    codes = torch.sigmoid(3 * torch.randn(5, 8, 6, generator=g, dtype=F64))       # [B, T, C]
+    codes = torch.sigmoid(3 * torch.randn(5, 8, 6, generator=g, dtype=F64))  # [B, T, C]
     mask = torch.ones(5, 8, dtype=torch.bool)
-    want = ref.temporal_jsd_unmasked(codes.transpose(0, 1))                         # [T, B, C]
+    want = ref.temporal_jsd_unmasked(codes.transpose(0, 1))  # [T, B, C]
     close(ref.temporal_jsd(codes, mask), want, rtol=1e-12)
     close(losses.temporal_jsd(codes, mask), want)
 
@@ -152,8 +163,9 @@ def test_temporal_jsd_ignores_padding():
     assert float(base) > 0
     # (1) extra padded steps with arbitrary values appended at the end
     extra = 100 * torch.randn(5, 6, codes.shape[-1], dtype=F64)
-    longer = losses.temporal_jsd(torch.cat([codes, extra], 1),
-                                 torch.cat([mask, torch.zeros(5, 6, dtype=torch.bool)], 1))
+    longer = losses.temporal_jsd(
+        torch.cat([codes, extra], 1), torch.cat([mask, torch.zeros(5, 6, dtype=torch.bool)], 1)
+    )
     close(longer, base, rtol=1e-12)
     # (2) the existing padded positions overwritten with garbage
     garbage = torch.where(mask[..., None], codes, 50 * torch.randn_like(codes))
@@ -164,6 +176,7 @@ def test_temporal_jsd_ignores_padding():
 
 # ------------------------------------------------------------------------------------------------
 # angular-margin domain loss
+
 
 @pytest.mark.parametrize("form", ["arcface", "cosface"])
 def test_angular_margin_per_sample_matches_loop(form):
@@ -197,8 +210,11 @@ def test_domain_loss_matches_loop(form, reduction, scale, margin, l2):
 def test_domain_loss_forms_and_reductions_differ():
     """Sanity that the switches do something (else the parametrized test above proves little)."""
     out = random_output(10, batch=5, hidden=6)
-    val = lambda **k: float(losses.domain_loss(out.domain_features, out.domain_labels, out.domain_classes,
-                                               scale=30.0, margin=0.5, l2=0.01, **k))
+    val = lambda **k: float(
+        losses.domain_loss(
+            out.domain_features, out.domain_labels, out.domain_classes, scale=30.0, margin=0.5, l2=0.01, **k
+        )
+    )
     assert abs(val(form="arcface", reduction="mean") - val(form="cosface", reduction="mean")) > 1e-3
     # sum over modalities = 3 × the mean over modalities, for the cross-entropy part
     w2 = 2 * 0.01 * float(out.domain_classes.pow(2).sum())
@@ -207,6 +223,7 @@ def test_domain_loss_forms_and_reductions_differ():
 
 # ------------------------------------------------------------------------------------------------
 # reconstruction and task
+
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_reconstruction_matches_loop(seed):
@@ -220,7 +237,7 @@ def test_reconstruction_all_valid_is_plain_mse_and_ignores_padding():
     u = torch.randn(3, 4, 5, 6, generator=g, dtype=F64)
     r = torch.randn(3, 4, 6, generator=g, dtype=F64)
     full = torch.ones(3, 4, 5, dtype=torch.bool)
-    plain = ((u - r[:, :, None, :]) ** 2).mean()                    # spec 2.5, no padding
+    plain = ((u - r[:, :, None, :]) ** 2).mean()  # spec 2.5, no padding
     close(losses.reconstruction_loss(u, full, r), plain, rtol=1e-12)
     # padded steps with huge values change nothing
     padded_u = torch.cat([u, 1e3 * torch.randn(3, 4, 3, 6, dtype=F64)], 2)
@@ -237,13 +254,14 @@ def test_task_loss_matches_loop():
 # ------------------------------------------------------------------------------------------------
 # gradient reversal
 
+
 @pytest.mark.parametrize("weight", [1.0, 0.3])
 def test_reverse_grad(weight):
     g = torch.Generator().manual_seed(13)
     x = torch.randn(4, 5, generator=g, dtype=F64, requires_grad=True)
     upstream = torch.randn(4, 5, generator=g, dtype=F64)
     y = reverse_grad(x, weight)
-    assert torch.equal(y, x)                                         # identity forward
+    assert torch.equal(y, x)  # identity forward
     (y * upstream).sum().backward()
     torch.testing.assert_close(x.grad, -weight * upstream, rtol=0, atol=1e-15)
 
@@ -251,7 +269,7 @@ def test_reverse_grad(weight):
 def test_reverse_grad_inside_a_graph():
     """d/dx of (2·GRL(x²)).sum() = −w·4x."""
     x = torch.tensor([0.5, -1.5, 2.0], dtype=F64, requires_grad=True)
-    (2 * reverse_grad(x ** 2, 0.3)).sum().backward()
+    (2 * reverse_grad(x**2, 0.3)).sum().backward()
     torch.testing.assert_close(x.grad, -0.3 * 4 * x.detach(), rtol=0, atol=1e-15)
 
 
@@ -260,13 +278,23 @@ def test_reverse_grad_inside_a_graph():
 
 # Every term on (reconstruction is off by default, as in the paper).
 ALL_TERMS = dataclasses.replace(LossConfig(), reconstruction_weight=1.0)
-CUSTOM = dataclasses.replace(LossConfig(), consistency_weight=0.7, temporal_weight=2.5, domain_weight=0.3,
-                             reconstruction_weight=0.2, margin=0.35, scale=16.0, domain_l2=0.05)
+CUSTOM = dataclasses.replace(
+    LossConfig(),
+    consistency_weight=0.7,
+    temporal_weight=2.5,
+    domain_weight=0.3,
+    reconstruction_weight=0.2,
+    margin=0.35,
+    scale=16.0,
+    domain_l2=0.05,
+)
 
 
-@pytest.mark.parametrize("cfg", [ALL_TERMS, CUSTOM,
-                                 dataclasses.replace(CUSTOM, margin_form="cosface", domain_reduction="sum")],
-                         ids=["default", "custom", "custom-cosface-sum"])
+@pytest.mark.parametrize(
+    "cfg",
+    [ALL_TERMS, CUSTOM, dataclasses.replace(CUSTOM, margin_form="cosface", domain_reduction="sum")],
+    ids=["default", "custom", "custom-cosface-sum"],
+)
 def test_total_loss_matches_loop(cfg):
     out = random_output(14, batch=6, steps=7, hidden=8, code_spread=3.0)
     labels = torch.randn(6, dtype=F64)
@@ -275,8 +303,15 @@ def test_total_loss_matches_loop(cfg):
     for name in ("task", "consistency", "temporal", "domain", "reconstruction", "total"):
         close(getattr(got, name), want[name], rtol=2e-5, atol=1e-6)
     # the weighted sum, from the returned (unweighted) terms
-    close(got.total, got.task + cfg.consistency_weight * got.consistency + cfg.temporal_weight * got.temporal
-          + cfg.domain_weight * got.domain + cfg.reconstruction_weight * got.reconstruction, rtol=1e-6)
+    close(
+        got.total,
+        got.task
+        + cfg.consistency_weight * got.consistency
+        + cfg.temporal_weight * got.temporal
+        + cfg.domain_weight * got.domain
+        + cfg.reconstruction_weight * got.reconstruction,
+        rtol=1e-6,
+    )
     assert set(got.as_floats()) == {"total", "task", "consistency", "temporal", "domain", "reconstruction"}
 
 
@@ -284,8 +319,12 @@ def test_total_loss_weights_scale_their_terms():
     out = random_output(15, code_spread=3.0)
     labels = torch.randn(6, dtype=F64)
     base = losses.total_loss(out, labels, ALL_TERMS, AblationConfig())
-    for field, term in [("consistency_weight", "consistency"), ("temporal_weight", "temporal"),
-                        ("domain_weight", "domain"), ("reconstruction_weight", "reconstruction")]:
+    for field, term in [
+        ("consistency_weight", "consistency"),
+        ("temporal_weight", "temporal"),
+        ("domain_weight", "domain"),
+        ("reconstruction_weight", "reconstruction"),
+    ]:
         w = getattr(ALL_TERMS, field)
         bumped = losses.total_loss(out, labels, dataclasses.replace(ALL_TERMS, **{field: w + 1.5}), AblationConfig())
         close(bumped.total - base.total, 1.5 * getattr(base, term), rtol=1e-4, atol=1e-6)
@@ -318,6 +357,7 @@ def test_total_loss_ablations_zero_their_terms():
 # ------------------------------------------------------------------------------------------------
 # gradient flow and padding invariance with a tiny model
 
+
 @pytest.fixture(scope="module")
 def tiny_encoder_dir(tiny_encoder):
     return tiny_encoder
@@ -328,17 +368,26 @@ def token_split(tiny_encoder_dir):
     from sati.data.dataset import SplitDataset, tokenize
     from sati.data.synth import generate
     from sati.model.text import load_tokenizer
+
     arrays = generate("mosi", scale=0.03, seed=0)["train"]
     tokens = tokenize(load_tokenizer(str(tiny_encoder_dir)), arrays.text, 50)
     return SplitDataset(arrays, tokens), arrays.audio.shape[-1], arrays.video.shape[-1]
 
 
-def tiny_model(encoder: str, ablation: AblationConfig = AblationConfig(), gate: str = "linear",
-               audio_dim: int = 74, video_dim: int = 47, text_feature_dim: int = 0, seed: int = 0) -> SATI:
+def tiny_model(
+    encoder: str,
+    ablation: AblationConfig | None = None,
+    gate: str = "linear",
+    audio_dim: int = 74,
+    video_dim: int = 47,
+    text_feature_dim: int = 0,
+    seed: int = 0,
+) -> SATI:
     torch.manual_seed(seed)
-    cfg = dataclasses.replace(ModelConfig(), text_encoder=encoder, encoder_feedforward=64,
-                              fusion_feedforward=64, hidden_size=32, gate=gate)
-    return SATI(cfg, ablation, audio_dim, video_dim, text_feature_dim=text_feature_dim)
+    cfg = dataclasses.replace(
+        ModelConfig(), text_encoder=encoder, encoder_feedforward=64, fusion_feedforward=64, hidden_size=32, gate=gate
+    )
+    return SATI(cfg, ablation or AblationConfig(), audio_dim, video_dim, text_feature_dim=text_feature_dim)
 
 
 def backward_grads(model: SATI, batch) -> dict[str, torch.Tensor | None]:
@@ -392,8 +441,9 @@ def test_gate_ablation_leaves_gate_untrained(tiny_encoder_dir, token_split):
 
 def test_adversarial_ablation_leaves_discriminator_untrained(tiny_encoder_dir, token_split):
     ds, audio_dim, video_dim = token_split
-    model = tiny_model(str(tiny_encoder_dir), AblationConfig(adversarial=False), audio_dim=audio_dim,
-                       video_dim=video_dim)
+    model = tiny_model(
+        str(tiny_encoder_dir), AblationConfig(adversarial=False), audio_dim=audio_dim, video_dim=video_dim
+    )
     grads = backward_grads(model, ds.collate(list(range(8))))
     disc = {n: g for n, g in grads.items() if n.startswith(("discriminator.", "domain_classes"))}
     assert len(disc) == 3 and all(g is None for g in disc.values())
@@ -411,11 +461,12 @@ def test_discriminator_and_encoders_get_opposite_pressure(tiny_encoder_dir, toke
         model.cfg = dataclasses.replace(model.cfg, reverse_grad_weight=weight)
         model.eval()
         out = model(batch)
-        losses.domain_loss(out.domain_features, out.domain_labels, out.domain_classes, scale=30.0,
-                           margin=0.5).backward()
+        losses.domain_loss(
+            out.domain_features, out.domain_labels, out.domain_classes, scale=30.0, margin=0.5
+        ).backward()
         grads.append((model.shared.weight.grad.clone(), model.discriminator[0].weight.grad.clone()))
-    torch.testing.assert_close(grads[0][0], -grads[1][0])       # upstream: reversed
-    torch.testing.assert_close(grads[0][1], grads[1][1])        # discriminator: unchanged
+    torch.testing.assert_close(grads[0][0], -grads[1][0])  # upstream: reversed
+    torch.testing.assert_close(grads[0][1], grads[1][1])  # discriminator: unchanged
     assert grads[0][0].abs().sum() > 0
 
 
@@ -444,8 +495,10 @@ def test_predictions_ignore_padding_tokenized_text(tiny_encoder_dir, token_split
 def test_predictions_ignore_padding_precomputed_text():
     from sati.data.dataset import SplitDataset
     from sati.data.synth import generate
+
     arrays = generate("mosi", scale=0.03, seed=0, text_feature_dim=16)["train"]
     ds = SplitDataset(arrays, None)
-    model = tiny_model("precomputed", audio_dim=arrays.audio.shape[-1], video_dim=arrays.video.shape[-1],
-                       text_feature_dim=16)
+    model = tiny_model(
+        "precomputed", audio_dim=arrays.audio.shape[-1], video_dim=arrays.video.shape[-1], text_feature_dim=16
+    )
     _assert_padding_invariant(model, ds, [4, 1, 6, 0, 2])

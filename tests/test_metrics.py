@@ -1,4 +1,5 @@
 """``sati.metrics`` against values computed by hand (the arithmetic is in the comments)."""
+
 from __future__ import annotations
 
 import math
@@ -77,6 +78,7 @@ def test_all_zero_labels_leave_non0_undefined():
 #   pred → 0, 2, 2 (2.5→2), 2 (3.4→2), -2 (-2.7→-2), 0;  label → 0, 2, 2, 2 (3→2), -2, 0  → 6/6
 #   (without clipping: 3.4→3 vs 2 and -2.7→-3 vs -2 would miss → 4/6)
 
+
 def test_rounding_ties_and_clipping():
     label = np.array([0.0, 2.0, 2.0, 3.0, -2.0, 0.0])
     pred = np.array([0.5, 1.5, 2.5, 3.4, -2.7, -0.5])
@@ -109,7 +111,7 @@ Y_PRED_C = np.array([1, 1, 1, 1, 0, 0, 1, 0])
 
 def test_weighted_f1_imbalanced_by_hand():
     assert weighted_f1(Y_TRUE_C, Y_PRED_C) == approx(71 / 110)
-    assert weighted_f1(Y_PRED_C, Y_TRUE_C) == approx(266 / 440)       # not symmetric
+    assert weighted_f1(Y_PRED_C, Y_TRUE_C) == approx(266 / 440)  # not symmetric
 
 
 def test_regression_f1_uses_labels_as_y_true():
@@ -117,8 +119,8 @@ def test_regression_f1_uses_labels_as_y_true():
     label = np.array([1.2, 0.4, 2.0, 0.0, 0.6, 1.8, -1.0, -2.2])
     pred = np.array([0.8, 1.0, 0.2, 2.6, -0.4, -1.2, 0.6, -0.2])
     m = regression_metrics(pred, label, prefix="test")
-    assert m["test/f1_has0"] == approx(71 / 110)                      # not 266/440 (swapped order)
-    assert m["test/acc2_has0"] == approx(5 / 8)                       # 4 + 1 correct
+    assert m["test/f1_has0"] == approx(71 / 110)  # not 266/440 (swapped order)
+    assert m["test/acc2_has0"] == approx(5 / 8)  # 4 + 1 correct
     # non0 drops i=3: y_true 1 1 1 1 1 0 0 (5 vs 2), y_pred 1 1 1 0 0 1 0 (4 vs 3)
     #   class 1: tp 3 → F1 = 2·3/(5+4) = 2/3; class 0: tp 1 → F1 = 2·1/(2+3) = 2/5
     #   weighted = (5·2/3 + 2·2/5)/7 = (10/3 + 4/5)/7 = 62/105
@@ -166,6 +168,7 @@ def test_weighted_f1_matches_confusion_matrix_formula(seed):
 # ------------------------------------------------------------------------------------------------
 # Pearson correlation and MAE
 
+
 def test_pearson_and_mae_by_hand():
     # pred 1 2 3 4 (mean 2.5), label 2 1 4 3 (mean 2.5)
     # deviations: pred -1.5 -0.5 0.5 1.5; label -0.5 -1.5 1.5 0.5
@@ -190,6 +193,7 @@ def test_constant_prediction_has_undefined_correlation():
 # ------------------------------------------------------------------------------------------------
 # key naming and input handling
 
+
 def test_prefixed_keys():
     m = regression_metrics(PRED_A, LABEL_A, prefix="valid")
     assert set(m) == {f"valid/{k}" for k in PAPER_METRICS}
@@ -212,11 +216,12 @@ def test_shapes_are_flattened_and_mismatches_refused():
 # ------------------------------------------------------------------------------------------------
 # is_improvement
 
+
 def test_is_improvement_semantics():
     assert is_improvement(0.5, 0.6, "min") and not is_improvement(0.7, 0.6, "min")
     assert is_improvement(0.7, 0.6, "max") and not is_improvement(0.5, 0.6, "max")
-    assert not is_improvement(0.6, 0.6, "min") and not is_improvement(0.6, 0.6, "max")   # ties do not count
-    assert is_improvement(123.0, None, "min") and is_improvement(-1.0, None, "max")     # first value wins
-    assert is_improvement(0.1, float("nan"), "max")                                      # a NaN best is replaced
-    assert not is_improvement(float("nan"), None, "min")                                 # NaN never improves
+    assert not is_improvement(0.6, 0.6, "min") and not is_improvement(0.6, 0.6, "max")  # ties do not count
+    assert is_improvement(123.0, None, "min") and is_improvement(-1.0, None, "max")  # first value wins
+    assert is_improvement(0.1, float("nan"), "max")  # a NaN best is replaced
+    assert not is_improvement(float("nan"), None, "min")  # NaN never improves
     assert not is_improvement(float("nan"), 0.5, "min") and not is_improvement(float("nan"), 0.5, "max")

@@ -1,4 +1,5 @@
 """`sati data prepare` / `inspect` end to end: real MOSI text and labels → a file the trainer reads."""
+
 from __future__ import annotations
 
 import shutil
@@ -19,7 +20,7 @@ from sati.trainer import fit
 from tests.source_files import write_misa, write_mmsa
 from tests.test_readers import MISSING_FROM_CSV, shared_mosi
 
-LABEL_CSV_SHA256 = "74c52aba8884cca3f77962310c41f31d3d6250c4e4b50fd77fd4efe4eb75a521"   # shared/data/README.md
+LABEL_CSV_SHA256 = "74c52aba8884cca3f77962310c41f31d3d6250c4e4b50fd77fd4efe4eb75a521"  # shared/data/README.md
 
 
 def _mosi() -> Path:
@@ -33,9 +34,27 @@ def _mosi() -> Path:
 def mosi_h5(tmp_path_factory, tiny_encoder) -> Path:
     mosi = _mosi()
     out = tmp_path_factory.mktemp("prepared") / "mosi.h5"
-    assert main(["data", "prepare", "--from", "sdk", str(mosi), "--text", str(mosi / "label.csv"),
-                 "--folds", "standard", "--drop-missing-text", "--out", str(out),
-                 "--tokenizer", str(tiny_encoder)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--from",
+                "sdk",
+                str(mosi),
+                "--text",
+                str(mosi / "label.csv"),
+                "--folds",
+                "standard",
+                "--drop-missing-text",
+                "--out",
+                str(out),
+                "--tokenizer",
+                str(tiny_encoder),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -58,8 +77,24 @@ def test_prepare_sdk_gives_a_text_only_file(mosi_h5):
 def test_prepare_reports_missing_text(tmp_path, capsys):
     mosi = _mosi()
     out = tmp_path / "mosi.h5"
-    assert main(["data", "prepare", "--from", "sdk", str(mosi), "--text", str(mosi / "label.csv"),
-                 "--folds", "standard", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--from",
+                "sdk",
+                str(mosi),
+                "--text",
+                str(mosi / "label.csv"),
+                "--folds",
+                "standard",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "text missing for 4 of 2199 segments" in err and "--drop-missing-text" in err
     assert all(i in err for i in MISSING_FROM_CSV)
@@ -72,10 +107,14 @@ def test_inspect_prints_counts_and_verifies_the_checksum(mosi_h5, tmp_path, caps
     lines = out.splitlines()
     assert "missing   audio, video" in lines[4] and "OK (recomputed" in lines[-1]
     start = next(i for i, line in enumerate(lines) if line.startswith("split  samples")) + 1
-    assert [line.split()[:2] for line in lines[start:start + 3]] == [["train", "1281"], ["valid", "229"], ["test", "685"]]
-    assert lines[start].split()[-5:] == ["1", "/", "10", "/", "104"]             # words per text in train: 1 / 10 / 104
+    assert [line.split()[:2] for line in lines[start : start + 3]] == [
+        ["train", "1281"],
+        ["valid", "229"],
+        ["test", "685"],
+    ]
+    assert lines[start].split()[-5:] == ["1", "/", "10", "/", "104"]  # words per text in train: 1 / 10 / 104
     start = next(i for i, line in enumerate(lines) if line.startswith("labels, rounded")) + 2
-    histogram = [line.split() for line in lines[start:start + 3]]
+    histogram = [line.split() for line in lines[start : start + 3]]
     assert [sum(map(int, h[1:8])) for h in histogram] == [1281, 229, 685]
     assert out.count("truncated, checksum OK") == 3
     tampered = tmp_path / "tampered.h5"
@@ -91,6 +130,7 @@ def test_inspect_prints_counts_and_verifies_the_checksum(mosi_h5, tmp_path, caps
 def test_prepared_file_trains_without_tokenizing(mosi_h5, make_config, monkeypatch, capsys):
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("the loader tokenized although the file holds matching tokens")
+
     monkeypatch.setattr(loaders, "tokenize", no_tokenizing)
     cfg = make_config(data={"path": str(mosi_h5)}, train={"epochs": 1, "max_steps_per_epoch": 4})
     result = fit(cfg)
@@ -108,16 +148,32 @@ def test_stored_tokens_equal_load_time_tokens(mosi_h5, tiny_encoder):
     np.testing.assert_array_equal(stored.lengths, fresh.lengths)
     assert stored.pad_id == fresh.pad_id
     (info,) = list_tokens(mosi_h5, "valid")
-    assert info.tokenizer == str(tiny_encoder) and info.truncated > 0     # MOSI has texts over 50 tokens here
+    assert info.tokenizer == str(tiny_encoder) and info.truncated > 0  # MOSI has texts over 50 tokens here
     assert info.truncated == int((tokenize(tok, valid.text, 51).lengths > 50).sum())
-    assert stored_tokens(mosi_h5, "valid", fp, 64) is None                  # cut at 50: not valid for 64
-    assert stored_tokens(mosi_h5, "valid", "0" * 16, 50) is None             # another tokenizer
+    assert stored_tokens(mosi_h5, "valid", fp, 64) is None  # cut at 50: not valid for 64
+    assert stored_tokens(mosi_h5, "valid", "0" * 16, 50) is None  # another tokenizer
 
 
 def test_untruncated_tokens_serve_a_larger_budget(tmp_path, tiny_encoder, make_config, monkeypatch):
     out = tmp_path / "misa.h5"
-    assert main(["data", "prepare", "--from", "misa", str(write_misa(tmp_path / "MOSI")), "--out", str(out),
-                 "--tokenizer", str(tiny_encoder), "--max-text-tokens", "20"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--from",
+                "misa",
+                str(write_misa(tmp_path / "MOSI")),
+                "--out",
+                str(out),
+                "--tokenizer",
+                str(tiny_encoder),
+                "--max-text-tokens",
+                "20",
+            ]
+        )
+        == 0
+    )
     calls = []
     monkeypatch.setattr(loaders, "tokenize", lambda tok, texts, n: calls.append(n) or tokenize(tok, texts, n))
     for budget, tokenized in ((64, []), (20, []), (5, [5, 5])):
@@ -145,8 +201,24 @@ def test_prepare_mmsa_checks_options_and_dims(tmp_path, capsys):
 def test_prepare_from_label_csv_alone(tmp_path):
     mosi = _mosi()
     out = tmp_path / "csv.h5"
-    assert main(["data", "prepare", "--from", "csv", str(mosi / "label.csv"), "--out", str(out),
-                 "--audio-dim", "2", "--video-dim", "1"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "--from",
+                "csv",
+                str(mosi / "label.csv"),
+                "--out",
+                str(out),
+                "--audio-dim",
+                "2",
+                "--video-dim",
+                "1",
+            ]
+        )
+        == 0
+    )
     info = read_info(out)
     assert info.missing_modalities == ("audio", "video") and (info.audio_dim, info.video_dim) == (2, 1)
     assert [len(read_split(out, s)) for s in ("train", "valid", "test")] == [1281, 229, 685]

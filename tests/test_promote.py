@@ -3,6 +3,7 @@
 Searches run on a copy of the dataset whose test split is deleted: if `search` or `promote` read
 the test split they would fail. Only `evaluate` gets the full file.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -45,10 +46,24 @@ def sealed(tmp_path_factory, synth_path) -> Path:
 
 
 def _start_search(root: Path, name: str, data: Path, encoder: Path, uri: str, space: dict, **sections):
-    pipeline = write_search_pipeline(root / f"{name}.yaml", data, encoder, uri, root / name, space,
-                                     tracking={"uri": uri, "experiment": name}, **sections)
-    return subprocess.Popen([sys.executable, "-m", "sati.cli", "search", str(pipeline)], cwd=root, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=loopback_env())
+    pipeline = write_search_pipeline(
+        root / f"{name}.yaml",
+        data,
+        encoder,
+        uri,
+        root / name,
+        space,
+        tracking={"uri": uri, "experiment": name},
+        **sections,
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "sati.cli", "search", str(pipeline)],
+        cwd=root,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=loopback_env(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,22 +72,43 @@ def searches(tmp_path_factory, server, sealed, tiny_encoder) -> dict[str, str]:
     at a tiny learning rate), failing (its one trial raises)."""
     root = tmp_path_factory.mktemp("searches")
     procs = {
-        "good": _start_search(root, "exp-good", sealed, tiny_encoder, server.uri,
-                              {"train.lr": {"loguniform": [1.5e-3, 3.0e-3]}},
-                              search={"num_samples": 3, "max_concurrent": 2, "scheduler": "fifo"}),
-        "weak": _start_search(root, "exp-weak", sealed, tiny_encoder, server.uri, {"train.lr": {"choice": [1.0e-6]}},
-                              search={"num_samples": 1, "scheduler": "fifo"},
-                              train={"epochs": 1, "max_steps_per_epoch": 1}),
-        "failing": _start_search(root, "exp-failing", sealed, tiny_encoder, server.uri,
-                                 {"model.audio_heads": {"choice": [4]}},      # 4 does not divide the 74-d audio
-                                 search={"num_samples": 1, "scheduler": "fifo"}, train={"epochs": 1}),
+        "good": _start_search(
+            root,
+            "exp-good",
+            sealed,
+            tiny_encoder,
+            server.uri,
+            {"train.lr": {"loguniform": [1.5e-3, 3.0e-3]}},
+            search={"num_samples": 3, "max_concurrent": 2, "scheduler": "fifo"},
+        ),
+        "weak": _start_search(
+            root,
+            "exp-weak",
+            sealed,
+            tiny_encoder,
+            server.uri,
+            {"train.lr": {"choice": [1.0e-6]}},
+            search={"num_samples": 1, "scheduler": "fifo"},
+            train={"epochs": 1, "max_steps_per_epoch": 1},
+        ),
+        "failing": _start_search(
+            root,
+            "exp-failing",
+            sealed,
+            tiny_encoder,
+            server.uri,
+            {"model.audio_heads": {"choice": [4]}},  # 4 does not divide the 74-d audio
+            search={"num_samples": 1, "scheduler": "fifo"},
+            train={"epochs": 1},
+        ),
     }
     parents = {}
     for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=900)
         assert proc.returncode == (1 if name == "failing" else 0), stderr[-3000:]
-        parents[name] = next(line for line in stdout.splitlines()
-                             if line.startswith("MLflow parent run:")).split(":")[1].strip()
+        parents[name] = (
+            next(line for line in stdout.splitlines() if line.startswith("MLflow parent run:")).split(":")[1].strip()
+        )
     return parents
 
 
@@ -82,9 +118,10 @@ def _cli(args: list[str], uri: str, cwd: Path):
 
 
 def _best_trial(client: MlflowClient, parent: str) -> tuple[str, float]:
-    runs = client.search_runs([client.get_run(parent).info.experiment_id],
-                              f"tags.`mlflow.parentRunId` = '{parent}' and tags.`sati.role` = 'trial' and "
-                              "attributes.status = 'FINISHED'")
+    runs = client.search_runs(
+        [client.get_run(parent).info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent}' and tags.`sati.role` = 'trial' and attributes.status = 'FINISHED'",
+    )
     best = min(runs, key=lambda r: r.data.metrics["best/valid/mae"])
     return best.info.run_id, best.data.metrics["best/valid/mae"]
 
@@ -96,7 +133,7 @@ def _versions(client: MlflowClient, name: str) -> list[str]:
 def test_promote_gate_rollback_evaluate_predict(tmp_path, server, searches, sealed, synth_path):
     client = MlflowClient(server.uri)
     good_trial, good_value = _best_trial(client, searches["good"])
-    weak_trial, weak_value = _best_trial(client, searches["weak"])
+    _weak_trial, weak_value = _best_trial(client, searches["weak"])
     assert good_value < weak_value, "precondition: the good search must beat the weak one"
 
     # 1. the first promotion (by experiment name) becomes champion
@@ -168,8 +205,24 @@ def test_test_split_is_read_only_by_evaluate(tmp_path, server, searches, sealed,
         assert not [k for k in run.data.metrics if k.startswith("test")], run.info.run_name
 
     out_dir = tmp_path / "eval"
-    rc, out = _cli(["evaluate", f"models:/{MODEL}/2", "--data", str(synth_path), "--split", "test",
-                    "--noise", "0.5", "--drop", "audio", "--out-dir", str(out_dir)], server.uri, tmp_path)
+    rc, out = _cli(
+        [
+            "evaluate",
+            f"models:/{MODEL}/2",
+            "--data",
+            str(synth_path),
+            "--split",
+            "test",
+            "--noise",
+            "0.5",
+            "--drop",
+            "audio",
+            "--out-dir",
+            str(out_dir),
+        ],
+        server.uri,
+        tmp_path,
+    )
     assert rc == 0, out[-3000:]
     md = (out_dir / "table.md").read_text().splitlines()
     assert [line.split("|")[1].strip() for line in md[2:]] == ["clean", "noise σ=0.5", "drop audio"]
@@ -181,39 +234,44 @@ def test_test_split_is_read_only_by_evaluate(tmp_path, server, searches, sealed,
     metrics = run.data.metrics
     assert {"test/mae", "test/acc7", "test/noise0.5/mae", "test/drop_audio/corr"} <= set(metrics)
     assert run.data.tags["sati.model_version"] == "2" and run.data.tags["sati.split"] == "test"
-    assert metrics["test/noise0.5/mae"] != metrics["test/mae"]          # the noise reached the model
+    assert metrics["test/noise0.5/mae"] != metrics["test/mae"]  # the noise reached the model
     assert {"table.md", "table.tex"} <= {a.path for a in client.list_artifacts(run_id)}
 
 
 def test_confirmation_reseeds_top_k_and_picks_by_mean_minus_std(tmp_path, server, searches):
     client = MlflowClient(server.uri)
-    rc, out = _cli(["promote", searches["good"], "--model-name", "sati-confirmed", "--top-k", "2", "--seeds", "2"],
-                   server.uri, tmp_path)
+    rc, out = _cli(
+        ["promote", searches["good"], "--model-name", "sati-confirmed", "--top-k", "2", "--seeds", "2"],
+        server.uri,
+        tmp_path,
+    )
     assert rc == 0, out[-3000:]
     exp = client.get_run(searches["good"]).info.experiment_id
-    confirm = client.search_runs([exp], f"tags.`sati.role` = 'confirm' and "
-                                        f"tags.`mlflow.parentRunId` = '{searches['good']}'")
+    confirm = client.search_runs(
+        [exp], f"tags.`sati.role` = 'confirm' and tags.`mlflow.parentRunId` = '{searches['good']}'"
+    )
     assert len(confirm) == 1 and confirm[0].info.status == "FINISHED"
     trials = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{confirm[0].info.run_id}'")
     assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
-    ranked = sorted(client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{searches['good']}' and "
-                                              "tags.`sati.role` = 'trial'"),
-                    key=lambda r: r.data.metrics["best/valid/mae"])
+    ranked = sorted(
+        client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{searches['good']}' and tags.`sati.role` = 'trial'"),
+        key=lambda r: r.data.metrics["best/valid/mae"],
+    )
     top2 = {r.info.run_id for r in ranked[:2]}
     assert {r.data.tags["sati.candidate_run_id"] for r in trials} == top2
     seeds = {r.data.tags["sati.seed"] for r in trials}
-    assert len(seeds) == 2 and "7" not in seeds                     # fresh seeds, not the search's
+    assert len(seeds) == 2 and "7" not in seeds  # fresh seeds, not the search's
     scores = {}
     for cand in top2:
         values = [r.data.metrics["best/valid/mae"] for r in trials if r.data.tags["sati.candidate_run_id"] == cand]
         scores[cand] = (pessimistic_score(values, "min"), values)
-    chosen = min(scores, key=lambda c: scores[c][0][2])            # mean + std for a minimized metric
+    chosen = min(scores, key=lambda c: scores[c][0][2])  # mean + std for a minimized metric
     (mean, std, _), values = scores[chosen]
     version = client.get_model_version_by_alias("sati-confirmed", "champion")
     assert version.tags["sati.source_trial_run_id"] == chosen
     assert float(version.tags["sati.valid_mean"]) == pytest.approx(mean, rel=1e-4)
     assert float(version.tags["sati.valid_std"]) == pytest.approx(std, rel=1e-4, abs=1e-6)
-    assert float(version.tags["sati.valid_value"]) == pytest.approx(min(values))    # its best seed
+    assert float(version.tags["sati.valid_value"]) == pytest.approx(min(values))  # its best seed
     assert version.tags["sati.confirm_run_id"] == confirm[0].info.run_id
 
 
@@ -236,8 +294,21 @@ def test_errors_name_the_problem_and_leave_the_registry_alone(tmp_path, server, 
     shutil.copy(sealed, edited)
     with h5py.File(edited, "a") as f:
         f["valid/labels"][...] = -f["valid/labels"][()]
-    assert main(["promote", searches["good"], "--model-name", "sati-fresh", "--data", str(edited),
-                 "--tracking-uri", server.uri]) == 2
+    assert (
+        main(
+            [
+                "promote",
+                searches["good"],
+                "--model-name",
+                "sati-fresh",
+                "--data",
+                str(edited),
+                "--tracking-uri",
+                server.uri,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "does not reproduce its validation metrics" in err and "valid/mae: logged" in err and "reloaded" in err
 
@@ -251,4 +322,4 @@ def test_errors_name_the_problem_and_leave_the_registry_alone(tmp_path, server, 
     assert f"MLflow run {weak_trial}: checkpoint artifact 'checkpoint/best.pt' missing" in err
     after = _versions(client, MODEL) if client.search_registered_models(f"name = '{MODEL}'") else []
     assert after == before
-    assert not client.search_registered_models("name = 'sati-fresh'")      # created, then removed again
+    assert not client.search_registered_models("name = 'sati-fresh'")  # created, then removed again

@@ -1,4 +1,5 @@
 """The restricted unpickler loads dataset pickles and refuses anything that would run code."""
+
 from __future__ import annotations
 
 import os
@@ -34,9 +35,9 @@ def test_code_in_a_pickle_is_refused_and_not_run(tmp_path):
     assert str(path) in str(err.value) and f"'{os.system.__module__}.system'" in str(err.value)
     assert not marker.exists()
     with pytest.raises(UnsafePickleError, match="aligned_50.pkl: refused to load global"):
-        read_source("mmsa", path)                          # the reader goes through the same door
+        read_source("mmsa", path)  # the reader goes through the same door
     assert not marker.exists()
-    pickle.loads(path.read_bytes())                        # the payload is live: plain pickle runs it
+    pickle.loads(path.read_bytes())  # the payload is live: plain pickle runs it
     assert marker.exists()
 
 
@@ -49,9 +50,15 @@ def test_builtins_other_than_containers_are_refused(tmp_path):
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_numpy_arrays_and_containers_load(tmp_path, protocol):
-    data = {"train": {"audio": np.arange(24, dtype=np.float32).reshape(2, 3, 4),
-                      "raw_text": np.array(["a b", "c"], dtype=object), "id": np.array(["v$_$1", "v$_$2"]),
-                      "n": np.int64(3), "pair": (1.5, [b"x", {"y"}], frozenset({2}))}}
+    data = {
+        "train": {
+            "audio": np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+            "raw_text": np.array(["a b", "c"], dtype=object),
+            "id": np.array(["v$_$1", "v$_$2"]),
+            "n": np.int64(3),
+            "pair": (1.5, [b"x", {"y"}], frozenset({2})),
+        }
+    }
     path = tmp_path / "data.pkl"
     path.write_bytes(pickle.dumps(data, protocol=protocol))
     loaded = load_pickle(path)["train"]

@@ -1,4 +1,5 @@
 """`sati search` with a real local Ray, real Optuna and a real `mlflow server` on 127.0.0.1."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,9 @@ from sati.search.space import load_space
 from tests.conftest import REPO
 from tests.search_helpers import MlflowServer, loopback_env, run_sati, write_search_pipeline
 
-
 # ---------------------------------------------------------------------------------------------
 # Spaces and pipelines (fast)
+
 
 @pytest.mark.parametrize("path", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_space_validates(path):
@@ -29,11 +30,19 @@ def test_every_shipped_space_validates(path):
 
 def test_paper_space_covers_the_paper_hyperparameters():
     keys = set(load_space(REPO / "search_spaces" / "sati_paper.yaml").keys)
-    assert {"loss.consistency_weight", "loss.temporal_weight", "loss.domain_weight", "loss.margin",
-            "loss.scale", "model.fbp_pool", "train.lr", "model.dropout"} <= keys
+    assert {
+        "loss.consistency_weight",
+        "loss.temporal_weight",
+        "loss.domain_weight",
+        "loss.margin",
+        "loss.scale",
+        "model.fbp_pool",
+        "train.lr",
+        "model.dropout",
+    } <= keys
     text = (REPO / "search_spaces" / "sati_paper.yaml").read_text()
     beta = yaml.safe_load(text)["loss.temporal_weight"]
-    assert beta["loguniform"][1] >= 100.0        # the JSD term is ~1e-4
+    assert beta["loguniform"][1] >= 100.0  # the JSD term is ~1e-4
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
@@ -44,17 +53,28 @@ def test_shipped_pipelines_name_a_valid_space(path):
         assert cfg.search.metric.startswith("valid/")
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("loss.temporal_wieght: {loguniform: [0.1, 100.0]}\n",
-     "unknown config key 'loss.temporal_wieght'; did you mean 'loss.temporal_weight'"),
-    ("loss.margin: {gaussian: [0.1, 0.5]}\n", "loss.margin: expected exactly one of uniform, loguniform, int, choice"),
-    ("model.dropout: {uniform: [0.1, 1.5]}\n", "model.dropout = 1.5: expected float >= 0.0 and < 1.0"),
-    ("train.lr: {loguniform: [0.0, 0.1]}\n", "train.lr: loguniform needs low > 0"),
-    ("train.lr: {uniform: [0.1, 0.01]}\n", "train.lr: uniform needs low < high"),
-    ("loss.margin: {uniform: [0.1, 0.5], when: {ablation.adversarail: true}}\n",
-     "unknown config key 'ablation.adversarail' in the 'when' of loss.margin; did you mean 'ablation.adversarial'"),
-    ("model.gate: {choice: [linear, soft]}\n", "model.gate = 'soft': expected one of"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        (
+            "loss.temporal_wieght: {loguniform: [0.1, 100.0]}\n",
+            "unknown config key 'loss.temporal_wieght'; did you mean 'loss.temporal_weight'",
+        ),
+        (
+            "loss.margin: {gaussian: [0.1, 0.5]}\n",
+            "loss.margin: expected exactly one of uniform, loguniform, int, choice",
+        ),
+        ("model.dropout: {uniform: [0.1, 1.5]}\n", "model.dropout = 1.5: expected float >= 0.0 and < 1.0"),
+        ("train.lr: {loguniform: [0.0, 0.1]}\n", "train.lr: loguniform needs low > 0"),
+        ("train.lr: {uniform: [0.1, 0.01]}\n", "train.lr: uniform needs low < high"),
+        (
+            "loss.margin: {uniform: [0.1, 0.5], when: {ablation.adversarail: true}}\n",
+            "unknown config key 'ablation.adversarail' in the 'when' of loss.margin; "
+            "did you mean 'ablation.adversarial'",
+        ),
+        ("model.gate: {choice: [linear, soft]}\n", "model.gate = 'soft': expected one of"),
+    ],
+)
 def test_bad_spaces_name_file_key_and_expectation(tmp_path, text, fragment):
     path = tmp_path / "space.yaml"
     path.write_text(text)
@@ -65,6 +85,7 @@ def test_bad_spaces_name_file_key_and_expectation(tmp_path, text, fragment):
 
 def test_conditions_sample_tau_and_s_only_with_the_angular_margin_loss():
     import optuna
+
     space = load_space(REPO / "search_spaces" / "sati_paper.yaml")
     on, off = PipelineConfig(), PipelineConfig().replace({"ablation.adversarial": False})
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -76,9 +97,15 @@ def test_conditions_sample_tau_and_s_only_with_the_angular_margin_loss():
 
 
 def test_unreachable_tracking_uri_fails_before_any_trial(tmp_path, synth_path, tiny_encoder):
-    port_uri = "http://127.0.0.1:9"          # discard port: nothing listens
-    pipeline = write_search_pipeline(tmp_path / "p.yaml", synth_path, tiny_encoder, port_uri, tmp_path / "ray",
-                                     {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}})
+    port_uri = "http://127.0.0.1:9"  # discard port: nothing listens
+    pipeline = write_search_pipeline(
+        tmp_path / "p.yaml",
+        synth_path,
+        tiny_encoder,
+        port_uri,
+        tmp_path / "ray",
+        {"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}},
+    )
     out = run_sati(["search", str(pipeline)], cwd=tmp_path, timeout=120)
     assert out.returncode == 2
     assert "tracking.uri = http://127.0.0.1:9: MLflow server not reachable" in out.stderr
@@ -87,6 +114,7 @@ def test_unreachable_tracking_uri_fails_before_any_trial(tmp_path, synth_path, t
 
 # ---------------------------------------------------------------------------------------------
 # End to end (slow): real Ray, Optuna, MLflow server
+
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
@@ -115,8 +143,13 @@ def _all_artifacts(client, run_id, path=None) -> set[str]:
 @pytest.mark.slow
 def test_search_logs_parent_and_trial_runs(tmp_path, synth_path, tiny_encoder, mlflow_server):
     pipeline = write_search_pipeline(
-        tmp_path / "p.yaml", synth_path, tiny_encoder, mlflow_server.uri, tmp_path / "ray",
-        {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}, "loss.temporal_weight": {"loguniform": [0.1, 100.0]}})
+        tmp_path / "p.yaml",
+        synth_path,
+        tiny_encoder,
+        mlflow_server.uri,
+        tmp_path / "ray",
+        {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}, "loss.temporal_weight": {"loguniform": [0.1, 100.0]}},
+    )
     out = run_sati(["search", str(pipeline)], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "best trials (validation):" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout
@@ -127,12 +160,18 @@ def test_search_logs_parent_and_trial_runs(tmp_path, synth_path, tiny_encoder, m
     assert parent.data.params["train.epochs"] == "3" and parent.data.tags["sati.data_checksum"]
     assert parent.data.tags["sati.git_commit"] and parent.data.tags["sati.version.torch"]
     parent_files = _all_artifacts(client, parent_id)
-    assert {"pipeline.yaml", "p_space.yaml", "trials.csv", "trials.md", "plots/optimization_history.png"} <= parent_files
+    assert {
+        "pipeline.yaml",
+        "p_space.yaml",
+        "trials.csv",
+        "trials.md",
+        "plots/optimization_history.png",
+    } <= parent_files
     children = _children(client, parent_id)
     assert len(children) == 4
     for run in children:
         assert run.info.status == "FINISHED"
-        assert run.data.params["train.epochs"] == "3" and "train.lr" in run.data.params   # fixed and sampled
+        assert run.data.params["train.epochs"] == "3" and "train.lr" in run.data.params  # fixed and sampled
         history = client.get_metric_history(run.info.run_id, "valid/mae")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
         assert {"checkpoint/best.pt", "learning_curve.png"} <= _all_artifacts(client, run.info.run_id)
@@ -148,10 +187,17 @@ def test_search_logs_parent_and_trial_runs(tmp_path, synth_path, tiny_encoder, m
 @pytest.mark.slow
 def test_failing_and_nan_trials_do_not_stop_the_search(tmp_path, synth_path, tiny_encoder, mlflow_server):
     # audio_heads 4 does not divide the 74-d audio: that trial raises. lr 1e30 makes the loss NaN.
-    space = {"model.audio_heads": {"choice": [2, 4]}, "train.lr": {"choice": [2.0e-3, 1.0e+30]}}
-    pipeline = write_search_pipeline(tmp_path / "p.yaml", synth_path, tiny_encoder, mlflow_server.uri,
-                                     tmp_path / "ray", space,
-                                     search={"num_samples": 6, "scheduler": "fifo"}, train={"epochs": 1})
+    space = {"model.audio_heads": {"choice": [2, 4]}, "train.lr": {"choice": [2.0e-3, 1.0e30]}}
+    pipeline = write_search_pipeline(
+        tmp_path / "p.yaml",
+        synth_path,
+        tiny_encoder,
+        mlflow_server.uri,
+        tmp_path / "ray",
+        space,
+        search={"num_samples": 6, "scheduler": "fifo"},
+        train={"epochs": 1},
+    )
     out = run_sati(["search", str(pipeline)], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     client = MlflowClient(mlflow_server.uri)
@@ -177,39 +223,55 @@ def test_failing_and_nan_trials_do_not_stop_the_search(tmp_path, synth_path, tin
 
 @pytest.mark.slow
 def test_interrupted_search_resumes_with_one_run_per_trial(tmp_path, synth_path, tiny_encoder, mlflow_server):
-    pipeline = write_search_pipeline(tmp_path / "p.yaml", synth_path, tiny_encoder, mlflow_server.uri,
-                                     tmp_path / "ray", {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}},
-                                     search={"num_samples": 4, "scheduler": "fifo"}, train={"epochs": 4})
+    pipeline = write_search_pipeline(
+        tmp_path / "p.yaml",
+        synth_path,
+        tiny_encoder,
+        mlflow_server.uri,
+        tmp_path / "ray",
+        {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}},
+        search={"num_samples": 4, "scheduler": "fifo"},
+        train={"epochs": 4},
+    )
     log = open(tmp_path / "first.log", "w")
-    driver = subprocess.Popen([sys.executable, "-m", "sati.cli", "search", str(pipeline)], cwd=tmp_path,
-                              stdout=log, stderr=subprocess.STDOUT, env=loopback_env(), start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sati.cli", "search", str(pipeline)],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=loopback_env(),
+        start_new_session=True,
+    )
     client = MlflowClient(mlflow_server.uri)
     experiment = [client.get_experiment_by_name("test-search").experiment_id]
     deadline = time.time() + 300
     killed, parent_id = False, None
     while time.time() < deadline and driver.poll() is None:
         time.sleep(1)
-        parents = [r for r in client.search_runs(experiment, "tags.`sati.role` = 'search'")
-                   if r.data.tags["sati.search_dir"].startswith(str(tmp_path))]
+        parents = [
+            r
+            for r in client.search_runs(experiment, "tags.`sati.role` = 'search'")
+            if r.data.tags["sati.search_dir"].startswith(str(tmp_path))
+        ]
         if not parents:
             continue
         parent_id = parents[0].info.run_id
         if any(client.get_metric_history(r.info.run_id, "valid/mae") for r in _children(client, parent_id)):
-            os.killpg(driver.pid, signal.SIGKILL)     # the driver and its local Ray, as a crash would
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray, as a crash would
             driver.wait()
             killed = True
             break
     log.close()
     assert killed, (tmp_path / "first.log").read_text()[-3000:]
-    assert client.get_run(parent_id).info.status == "RUNNING"       # the crash left it open
+    assert client.get_run(parent_id).info.status == "RUNNING"  # the crash left it open
     out = run_sati(["search", "--resume", parent_id, "--tracking-uri", mlflow_server.uri], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert _parent_id(out.stdout) == parent_id
     children = _children(client, parent_id)
     trial_ids = [r.data.tags["sati.trial_id"] for r in children]
-    assert len(trial_ids) == len(set(trial_ids)) == 4                  # one run per trial, none duplicated
+    assert len(trial_ids) == len(set(trial_ids)) == 4  # one run per trial, none duplicated
     assert {r.info.status for r in children} <= {"FINISHED", "FAILED"}  # none left RUNNING
     for run in children:
         epochs = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
-        assert sorted(set(epochs)) == [1, 2, 3, 4]                   # every trial finished, each epoch once
+        assert sorted(set(epochs)) == [1, 2, 3, 4]  # every trial finished, each epoch once
     assert client.get_run(parent_id).info.status == "FINISHED"

@@ -1,4 +1,5 @@
 """The trainer: learning, repeatability, resume, checkpoints, ablations, failures."""
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,7 @@ def test_checkpoints_are_self_describing_and_best_follows_validation(make_config
     assert best["config"]["train"]["epochs"] == 3 and best["config"]["seed"] == cfg.seed
     assert best["metrics"]["valid/mae"] == pytest.approx(min(maes))
     assert {"torch", "transformers", "sati"} <= set(best["versions"])
-    assert not any(k.startswith("test/") for h in result.history for k in h)   # test split sealed
+    assert not any(k.startswith("test/") for h in result.history for k in h)  # test split sealed
     sidecar = json.loads(result.best_checkpoint.with_suffix(".json").read_text())
     assert sidecar["epoch"] == best["epoch"]
     assert not list(result.best_checkpoint.parent.glob("*.tmp"))
@@ -71,8 +72,9 @@ def test_early_stopping_on_patience(make_config):
     assert len(result.history) < 20 and len(result.history) == result.best_epoch + 1
 
 
-@pytest.mark.parametrize("ablation", [{"til": False}, {"gate": False}, {"adversarial": False}],
-                         ids=["no-til", "no-gate", "no-al"])
+@pytest.mark.parametrize(
+    "ablation", [{"til": False}, {"gate": False}, {"adversarial": False}], ids=["no-til", "no-gate", "no-al"]
+)
 def test_ablations_train(make_config, ablation):
     result = fit(make_config(ablation=ablation, train={"epochs": 1}))
     h = result.history[-1]
@@ -86,7 +88,10 @@ def test_ablations_train(make_config, ablation):
 
 
 def test_gate_forms_and_margin_forms_train(make_config):
-    for model, loss in (({"gate": "sign"}, {"margin_form": "cosface"}), ({"gate": "sigmoid"}, {"domain_reduction": "sum"})):
+    for model, loss in (
+        ({"gate": "sign"}, {"margin_form": "cosface"}),
+        ({"gate": "sigmoid"}, {"domain_reduction": "sum"}),
+    ):
         result = fit(make_config(model=model, loss=loss, train={"epochs": 1}))
         assert np.isfinite(result.history[-1]["train/loss"])
 
@@ -101,7 +106,7 @@ def test_precomputed_text_features(tmp_path, make_config):
 
 def test_nonfinite_loss_stops_with_reason(tmp_path, make_config):
     splits = generate("mosi", scale=0.05)
-    splits["train"].audio[:, 0, :] = np.inf          # a corrupt feature file
+    splits["train"].audio[:, 0, :] = np.inf  # a corrupt feature file
     path = tmp_path / "inf.h5"
     write_dataset(path, splits, name="inf", provenance={})
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1: training loss is not finite \(total=nan"):
@@ -113,7 +118,8 @@ def test_training_never_reads_the_test_split(tmp_path, make_config):
     path = tmp_path / "sealed.h5"
     write_dataset(path, splits, name="sealed", provenance={})
     import h5py
-    with h5py.File(path, "a") as f:                   # make the test split unreadable
+
+    with h5py.File(path, "a") as f:  # make the test split unreadable
         del f["test/audio"]
     result = fit(make_config(data={"path": str(path)}, train={"epochs": 1}))
     assert result.best_epoch == 1

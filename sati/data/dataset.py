@@ -5,10 +5,10 @@ audio/video may differ in length; its sequence is as long as the longer of the t
 model masks every position past that (``Batch.mask``), past the text (``text_mask``) and past
 the audio/video (``av_mask``). Text is tokenized once per split, never per batch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Optional
 
 import numpy as np
 import torch
@@ -19,17 +19,18 @@ from sati.data.h5format import SplitArrays
 @dataclass
 class Batch:
     """B samples padded to T steps."""
-    audio: torch.Tensor                    # [B, T, D_a] float, zero past av_mask
-    video: torch.Tensor                    # [B, T, D_v] float, zero past av_mask
-    av_mask: torch.Tensor                  # [B, T] bool, True for real audio/video steps
-    text_mask: torch.Tensor                # [B, T] bool, True for real text tokens / feature rows
-    mask: torch.Tensor                     # [B, T] bool, text_mask | av_mask
-    labels: torch.Tensor                   # [B] float
-    ids: list[str]
-    text_ids: Optional[torch.Tensor] = None       # [B, T] long, pad id past text_mask
-    text_features: Optional[torch.Tensor] = None  # [B, T, D_t] float, zero past text_mask
 
-    def to(self, device: torch.device | str) -> "Batch":
+    audio: torch.Tensor  # [B, T, D_a] float, zero past av_mask
+    video: torch.Tensor  # [B, T, D_v] float, zero past av_mask
+    av_mask: torch.Tensor  # [B, T] bool, True for real audio/video steps
+    text_mask: torch.Tensor  # [B, T] bool, True for real text tokens / feature rows
+    mask: torch.Tensor  # [B, T] bool, text_mask | av_mask
+    labels: torch.Tensor  # [B] float
+    ids: list[str]
+    text_ids: torch.Tensor | None = None  # [B, T] long, pad id past text_mask
+    text_features: torch.Tensor | None = None  # [B, T, D_t] float, zero past text_mask
+
+    def to(self, device: torch.device | str) -> Batch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for k, v in moved.items():
             if isinstance(v, torch.Tensor):
@@ -43,6 +44,7 @@ class Batch:
 @dataclass
 class Tokens:
     """A split's texts tokenized once: ids [N, L] padded with ``pad_id``, lengths [N]."""
+
     ids: np.ndarray
     lengths: np.ndarray
     pad_id: int
@@ -51,10 +53,18 @@ class Tokens:
 def tokenize(tokenizer, texts: list[str], max_tokens: int) -> Tokens:
     """Tokenize every text in one batched call (specials included, truncated to ``max_tokens``)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    enc = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_tokens,
-                    padding="longest", return_tensors="np", return_attention_mask=True)
-    return Tokens(ids=enc["input_ids"].astype(np.int64),
-                  lengths=enc["attention_mask"].sum(1).astype(np.int64), pad_id=int(pad_id))
+    enc = tokenizer(
+        texts,
+        add_special_tokens=True,
+        truncation=True,
+        max_length=max_tokens,
+        padding="longest",
+        return_tensors="np",
+        return_attention_mask=True,
+    )
+    return Tokens(
+        ids=enc["input_ids"].astype(np.int64), lengths=enc["attention_mask"].sum(1).astype(np.int64), pad_id=int(pad_id)
+    )
 
 
 class SplitDataset:
@@ -65,18 +75,18 @@ class SplitDataset:
         tokens: the split's texts tokenized (``tokenize``), or None to use ``text_features``.
     """
 
-    def __init__(self, arrays: SplitArrays, tokens: Optional[Tokens]):
+    def __init__(self, arrays: SplitArrays, tokens: Tokens | None):
         if tokens is None and arrays.text_features is None:
             raise ValueError("need tokens or precomputed text features")
         self.arrays = arrays
         self.tokens = tokens
         self.text_lengths = tokens.lengths if tokens is not None else arrays.text_lengths
-        self.seq_lengths = np.maximum(self.text_lengths, arrays.lengths)   # [N]
+        self.seq_lengths = np.maximum(self.text_lengths, arrays.lengths)  # [N]
 
     def __len__(self) -> int:
         return len(self.arrays)
 
-    def collate(self, indices: list[int], pad_to: Optional[int] = None) -> Batch:
+    def collate(self, indices: list[int], pad_to: int | None = None) -> Batch:
         """Gather samples ``indices`` into a Batch padded to the longest (or to ``pad_to``) steps."""
         idx = np.asarray(indices)
         a = self.arrays
@@ -85,7 +95,7 @@ class SplitDataset:
         steps = np.arange(t)[None, :]
         av_len, text_len = a.lengths[idx], self.text_lengths[idx]
 
-        def pad_features(x: np.ndarray, length: np.ndarray) -> torch.Tensor:   # [b, T0, D] -> [b, t, D]
+        def pad_features(x: np.ndarray, length: np.ndarray) -> torch.Tensor:  # [b, T0, D] -> [b, t, D]
             out = np.zeros((len(idx), t, x.shape[-1]), dtype=np.float32)
             n = min(t, x.shape[1])
             out[:, :n] = x[idx, :n]
@@ -93,11 +103,13 @@ class SplitDataset:
             return torch.from_numpy(out)
 
         batch = dict(
-            audio=pad_features(a.audio, av_len), video=pad_features(a.video, av_len),
+            audio=pad_features(a.audio, av_len),
+            video=pad_features(a.video, av_len),
             av_mask=torch.from_numpy(steps < av_len[:, None]),
             text_mask=torch.from_numpy(steps < text_len[:, None]),
             labels=torch.from_numpy(a.labels[idx].astype(np.float32)),
-            ids=[a.ids[i] for i in idx])
+            ids=[a.ids[i] for i in idx],
+        )
         batch["mask"] = batch["av_mask"] | batch["text_mask"]
         if self.tokens is not None:
             ids = np.full((len(idx), t), self.tokens.pad_id, dtype=np.int64)

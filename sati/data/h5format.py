@@ -19,6 +19,7 @@ Layout (format version 1)::
 
 Splits are ``train``, ``valid`` and ``test``. Files without token groups are still version 1.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,7 +28,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import h5py
 import numpy as np
@@ -44,14 +44,15 @@ class DataError(ValueError):
 @dataclass
 class SplitArrays:
     """One split in memory. N samples, T padded steps."""
+
     ids: list[str]
     text: list[str]
-    labels: np.ndarray            # [N] float32
-    lengths: np.ndarray           # [N] int32
-    audio: np.ndarray             # [N, T, D_a] float32
-    video: np.ndarray             # [N, T, D_v] float32
-    text_features: Optional[np.ndarray] = None   # [N, T_t, D_t] float32
-    text_lengths: Optional[np.ndarray] = None    # [N] int32
+    labels: np.ndarray  # [N] float32
+    lengths: np.ndarray  # [N] int32
+    audio: np.ndarray  # [N, T, D_a] float32
+    video: np.ndarray  # [N, T, D_v] float32
+    text_features: np.ndarray | None = None  # [N, T_t, D_t] float32
+    text_lengths: np.ndarray | None = None  # [N] int32
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -66,8 +67,14 @@ def content_checksum(splits: dict[str, SplitArrays]) -> str:
         h.update("\x1f".join(s.ids).encode())
         h.update("\x1f".join(s.text).encode())
         # Hash the dtypes the file stores, so a checksum recomputed from a read split matches.
-        for arr, dtype in ((s.labels, np.float32), (s.lengths, np.int32), (s.audio, np.float32),
-                           (s.video, np.float32), (s.text_features, np.float32), (s.text_lengths, np.int32)):
+        for arr, dtype in (
+            (s.labels, np.float32),
+            (s.lengths, np.int32),
+            (s.audio, np.float32),
+            (s.video, np.float32),
+            (s.text_features, np.float32),
+            (s.text_lengths, np.int32),
+        ):
             if arr is not None:
                 h.update(np.ascontiguousarray(arr, dtype=dtype).reshape(-1).view(np.uint8))
     return h.hexdigest()
@@ -76,11 +83,12 @@ def content_checksum(splits: dict[str, SplitArrays]) -> str:
 @dataclass
 class StoredTokens:
     """One split's texts tokenized by one tokenizer: ids [N, L] padded with ``pad_id``, lengths [N]."""
-    tokenizer: str          # the name or folder given to prepare
-    fingerprint: str        # sati.data.pretokenize.tokenizer_fingerprint
-    max_length: int         # truncation length, specials included
+
+    tokenizer: str  # the name or folder given to prepare
+    fingerprint: str  # sati.data.pretokenize.tokenizer_fingerprint
+    max_length: int  # truncation length, specials included
     pad_id: int
-    truncated: int          # samples cut to max_length
+    truncated: int  # samples cut to max_length
     ids: np.ndarray
     lengths: np.ndarray
 
@@ -93,6 +101,7 @@ class StoredTokens:
 @dataclass(frozen=True)
 class TokensInfo:
     """A stored token group's attributes (no arrays): where it is and what made it."""
+
     split: str
     key: str
     tokenizer: str
@@ -113,13 +122,25 @@ def _write_tokens(group: h5py.Group, t: StoredTokens) -> None:
     g = group.require_group("tokens").create_group(_tokens_key(t.tokenizer))
     g.create_dataset("ids", data=np.asarray(t.ids, dtype=np.int32))
     g.create_dataset("lengths", data=np.asarray(t.lengths, dtype=np.int32))
-    g.attrs.update(tokenizer=t.tokenizer, fingerprint=t.fingerprint, max_length=int(t.max_length),
-                   pad_id=int(t.pad_id), truncated=int(t.truncated), checksum=t.checksum())
+    g.attrs.update(
+        tokenizer=t.tokenizer,
+        fingerprint=t.fingerprint,
+        max_length=int(t.max_length),
+        pad_id=int(t.pad_id),
+        truncated=int(t.truncated),
+        checksum=t.checksum(),
+    )
 
 
-def write_dataset(path: str | Path, splits: dict[str, SplitArrays], *, name: str,
-                  provenance: dict, missing_modalities: tuple[str, ...] = (),
-                  tokens: Optional[dict[str, list[StoredTokens]]] = None) -> str:
+def write_dataset(
+    path: str | Path,
+    splits: dict[str, SplitArrays],
+    *,
+    name: str,
+    provenance: dict,
+    missing_modalities: tuple[str, ...] = (),
+    tokens: dict[str, list[StoredTokens]] | None = None,
+) -> str:
     """Write ``splits`` (and ``tokens`` per split) atomically (temp file + rename); return the content checksum."""
     path = Path(path)
     for split in SPLITS:
@@ -131,11 +152,17 @@ def write_dataset(path: str | Path, splits: dict[str, SplitArrays], *, name: str
     str_dt = h5py.string_dtype()
     with h5py.File(tmp, "w") as f:
         first = splits["train"]
-        f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, name=name,
-                       provenance=json.dumps(provenance), checksum=checksum,
-                       audio_dim=first.audio.shape[-1], video_dim=first.video.shape[-1],
-                       text_feature_dim=0 if first.text_features is None else first.text_features.shape[-1],
-                       missing_modalities=json.dumps(list(missing_modalities)))
+        f.attrs.update(
+            format=FORMAT,
+            format_version=FORMAT_VERSION,
+            name=name,
+            provenance=json.dumps(provenance),
+            checksum=checksum,
+            audio_dim=first.audio.shape[-1],
+            video_dim=first.video.shape[-1],
+            text_feature_dim=0 if first.text_features is None else first.text_features.shape[-1],
+            missing_modalities=json.dumps(list(missing_modalities)),
+        )
         for split_name, s in splits.items():
             g = f.create_group(split_name)
             g.create_dataset("ids", data=np.array(s.ids, dtype=object), dtype=str_dt)
@@ -167,8 +194,10 @@ class DatasetInfo:
 
 def _open(path: Path) -> h5py.File:
     if not path.is_file():
-        raise DataError(f"{path}: dataset file not found (create one with `sati data prepare ... --out {path}` "
-                        f"or `sati data synth --out {path}`)")
+        raise DataError(
+            f"{path}: dataset file not found (create one with `sati data prepare ... --out {path}` "
+            f"or `sati data synth --out {path}`)"
+        )
     try:
         f = h5py.File(path, "r")
     except OSError as err:
@@ -184,11 +213,16 @@ def read_info(path: str | Path) -> DatasetInfo:
     path = Path(path)
     with _open(path) as f:
         a = f.attrs
-        return DatasetInfo(path=str(path), name=str(a["name"]), checksum=str(a["checksum"]),
-                           audio_dim=int(a["audio_dim"]), video_dim=int(a["video_dim"]),
-                           text_feature_dim=int(a["text_feature_dim"]),
-                           missing_modalities=tuple(json.loads(a["missing_modalities"])),
-                           provenance=json.loads(a["provenance"]))
+        return DatasetInfo(
+            path=str(path),
+            name=str(a["name"]),
+            checksum=str(a["checksum"]),
+            audio_dim=int(a["audio_dim"]),
+            video_dim=int(a["video_dim"]),
+            text_feature_dim=int(a["text_feature_dim"]),
+            missing_modalities=tuple(json.loads(a["missing_modalities"])),
+            provenance=json.loads(a["provenance"]),
+        )
 
 
 _REQUIRED = ("ids", "text", "labels", "lengths", "audio", "video")
@@ -198,7 +232,7 @@ def list_splits(path: str | Path) -> list[str]:
     """The splits stored in the file: train, valid, test first (those present), then any others."""
     path = Path(path)
     with _open(path) as f:
-        present = [k for k in f.keys() if isinstance(f[k], h5py.Group)]
+        present = [k for k in f if isinstance(f[k], h5py.Group)]
     return [s for s in SPLITS if s in present] + sorted(s for s in present if s not in SPLITS)
 
 
@@ -215,10 +249,13 @@ def read_split(path: str | Path, split: str) -> SplitArrays:
         s = SplitArrays(
             ids=[x.decode() if isinstance(x, bytes) else str(x) for x in g["ids"][()]],
             text=[x.decode() if isinstance(x, bytes) else str(x) for x in g["text"][()]],
-            labels=g["labels"][()].astype(np.float32), lengths=g["lengths"][()].astype(np.int64),
-            audio=g["audio"][()], video=g["video"][()],
+            labels=g["labels"][()].astype(np.float32),
+            lengths=g["lengths"][()].astype(np.int64),
+            audio=g["audio"][()],
+            video=g["video"][()],
             text_features=g["text_features"][()] if "text_features" in g else None,
-            text_lengths=g["text_lengths"][()].astype(np.int64) if "text_lengths" in g else None)
+            text_lengths=g["text_lengths"][()].astype(np.int64) if "text_lengths" in g else None,
+        )
     check_split(path, split, s)
     return s
 
@@ -232,10 +269,19 @@ def list_tokens(path: str | Path, split: str) -> list[TokensInfo]:
         out = []
         for key, g in f[split]["tokens"].items():
             a = g.attrs
-            out.append(TokensInfo(split=split, key=key, tokenizer=str(a["tokenizer"]),
-                                  fingerprint=str(a["fingerprint"]), max_length=int(a["max_length"]),
-                                  pad_id=int(a["pad_id"]), truncated=int(a["truncated"]),
-                                  checksum=str(a["checksum"]), shape=tuple(g["ids"].shape)))
+            out.append(
+                TokensInfo(
+                    split=split,
+                    key=key,
+                    tokenizer=str(a["tokenizer"]),
+                    fingerprint=str(a["fingerprint"]),
+                    max_length=int(a["max_length"]),
+                    pad_id=int(a["pad_id"]),
+                    truncated=int(a["truncated"]),
+                    checksum=str(a["checksum"]),
+                    shape=tuple(g["ids"].shape),
+                )
+            )
         return out
 
 
@@ -247,17 +293,31 @@ def read_tokens(path: str | Path, info: TokensInfo) -> StoredTokens:
         ids, lengths = g["ids"][()].astype(np.int64), g["lengths"][()].astype(np.int64)
         n = len(f[info.split]["labels"])
     if len(ids) != n or len(lengths) != n or (n and (lengths.min() < 1 or lengths.max() > ids.shape[1])):
-        raise DataError(f"{path}: '{info.split}/tokens/{info.key}' does not fit the split ({len(ids)} rows, "
-                        f"{n} samples); re-run `sati data prepare`")
-    return StoredTokens(tokenizer=info.tokenizer, fingerprint=info.fingerprint, max_length=info.max_length,
-                        pad_id=info.pad_id, truncated=info.truncated, ids=ids, lengths=lengths)
+        raise DataError(
+            f"{path}: '{info.split}/tokens/{info.key}' does not fit the split ({len(ids)} rows, "
+            f"{n} samples); re-run `sati data prepare`"
+        )
+    return StoredTokens(
+        tokenizer=info.tokenizer,
+        fingerprint=info.fingerprint,
+        max_length=info.max_length,
+        pad_id=info.pad_id,
+        truncated=info.truncated,
+        ids=ids,
+        lengths=lengths,
+    )
 
 
 def check_split(path: Path | str, split: str, s: SplitArrays) -> None:
     """Raise ``DataError`` unless the split's arrays agree: rows, labels in [-3, 3], lengths, unique ids."""
     n = len(s.labels)
-    sizes = {"ids": len(s.ids), "text": len(s.text), "lengths": len(s.lengths),
-             "audio": len(s.audio), "video": len(s.video)}
+    sizes = {
+        "ids": len(s.ids),
+        "text": len(s.text),
+        "lengths": len(s.lengths),
+        "audio": len(s.audio),
+        "video": len(s.video),
+    }
     if s.text_features is not None:
         sizes["text_features"] = len(s.text_features)
     for key, size in sizes.items():
@@ -267,15 +327,23 @@ def check_split(path: Path | str, split: str, s: SplitArrays) -> None:
         raise DataError(f"{path}: split '{split}' is empty")
     if not np.all(np.isfinite(s.labels)) or s.labels.min() < -3 or s.labels.max() > 3:
         bad = np.flatnonzero(~np.isfinite(s.labels) | (np.abs(s.labels) > 3))[:5]
-        raise DataError(f"{path}: '{split}/labels' must lie in [-3, 3]; e.g. ids "
-                        f"{[s.ids[i] for i in bad]} have {s.labels[bad].tolist()}")
+        raise DataError(
+            f"{path}: '{split}/labels' must lie in [-3, 3]; e.g. ids "
+            f"{[s.ids[i] for i in bad]} have {s.labels[bad].tolist()}"
+        )
     t_max = min(s.audio.shape[1], s.video.shape[1])
     if s.lengths.min() < 1 or s.lengths.max() > t_max:
         raise DataError(f"{path}: '{split}/lengths' must be in [1, {t_max}] (the padded audio/video length)")
-    if s.text_features is not None and (s.text_lengths is None or len(s.text_lengths) != n or s.text_lengths.min() < 1
-                                        or s.text_lengths.max() > s.text_features.shape[1]):
-        raise DataError(f"{path}: '{split}/text_lengths' must have one value per sample in "
-                        f"[1, {s.text_features.shape[1]}] (the padded text_features length)")
+    if s.text_features is not None and (
+        s.text_lengths is None
+        or len(s.text_lengths) != n
+        or s.text_lengths.min() < 1
+        or s.text_lengths.max() > s.text_features.shape[1]
+    ):
+        raise DataError(
+            f"{path}: '{split}/text_lengths' must have one value per sample in "
+            f"[1, {s.text_features.shape[1]}] (the padded text_features length)"
+        )
     if len(set(s.ids)) != n:
         seen, dup = set(), []
         for i in s.ids:

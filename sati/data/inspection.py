@@ -1,4 +1,5 @@
 """``sati data inspect``: what a dataset file holds, and whether its checksum still matches."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ import numpy as np
 
 from sati.data.h5format import SPLITS, content_checksum, list_tokens, read_info, read_split, read_tokens
 
-BINS = np.arange(-3, 4)     # 7 classes: labels clipped to [-3, 3] and rounded (as Acc-7)
+BINS = np.arange(-3, 4)  # 7 classes: labels clipped to [-3, 3] and rounded (as Acc-7)
 
 
 def inspect_dataset(path: str | Path) -> tuple[list[str], bool]:
@@ -15,18 +16,24 @@ def inspect_dataset(path: str | Path) -> tuple[list[str], bool]:
     info = read_info(path)
     splits = {s: read_split(path, s) for s in SPLITS}
     src = info.provenance
-    lines = [f"file      {path}", f"name      {info.name}",
-             f"source    {src.get('format', src.get('source', '?'))}" + (f": {src['input']}" if "input" in src else ""),
-             f"features  audio {info.audio_dim}-d, video {info.video_dim}-d, text features "
-             + (f"{info.text_feature_dim}-d" if info.text_feature_dim else "none")]
+    lines = [
+        f"file      {path}",
+        f"name      {info.name}",
+        f"source    {src.get('format', src.get('source', '?'))}" + (f": {src['input']}" if "input" in src else ""),
+        f"features  audio {info.audio_dim}-d, video {info.video_dim}-d, text features "
+        + (f"{info.text_feature_dim}-d" if info.text_feature_dim else "none"),
+    ]
     if info.missing_modalities:
         lines.append(f"missing   {', '.join(info.missing_modalities)} (zeros in the file; models see no signal there)")
     lines += ["", f"{'split':<6} {'samples':>7}  {'A/V steps min/med/max':>22}  {'words min/med/max':>18}"]
     for name, s in splits.items():
         words = np.array([len(t.split()) for t in s.text])
         lines.append(f"{name:<6} {len(s):>7}  {_mmm(s.lengths):>22}  {_mmm(words):>18}")
-    lines += ["", "labels, rounded to 7 classes (Acc-7 bins)",
-              f"{'split':<6} " + " ".join(f"{b:>+5d}" if b else f"{b:>5d}" for b in BINS) + f"  {'mean':>6}"]
+    lines += [
+        "",
+        "labels, rounded to 7 classes (Acc-7 bins)",
+        f"{'split':<6} " + " ".join(f"{b:>+5d}" if b else f"{b:>5d}" for b in BINS) + f"  {'mean':>6}",
+    ]
     for name, s in splits.items():
         counts = [(np.round(np.clip(s.labels, -3, 3)) == b).sum() for b in BINS]
         lines.append(f"{name:<6} " + " ".join(f"{c:>5d}" for c in counts) + f"  {s.labels.mean():>+6.3f}")
@@ -38,13 +45,18 @@ def inspect_dataset(path: str | Path) -> tuple[list[str], bool]:
         good = read_tokens(path, t).checksum() == t.checksum
         ok &= good
         lengths = read_tokens(path, t).lengths
-        lines.append(f"  {t.split:<6} {t.tokenizer}: max_length {t.max_length}, lengths {_mmm(lengths)}, "
-                     f"{t.truncated} truncated, checksum {'OK' if good else 'MISMATCH'}")
+        lines.append(
+            f"  {t.split:<6} {t.tokenizer}: max_length {t.max_length}, lengths {_mmm(lengths)}, "
+            f"{t.truncated} truncated, checksum {'OK' if good else 'MISMATCH'}"
+        )
     actual = content_checksum(splits)
     good = actual == info.checksum
     ok &= good
-    lines += ["", f"checksum  sha256 {info.checksum} "
-              + ("OK (recomputed from the contents)" if good else f"MISMATCH: the contents hash to {actual}")]
+    lines += [
+        "",
+        f"checksum  sha256 {info.checksum} "
+        + ("OK (recomputed from the contents)" if good else f"MISMATCH: the contents hash to {actual}"),
+    ]
     return lines, ok
 
 

@@ -1,11 +1,12 @@
 """``sati data prepare``: read another tool's files, check them, tokenize once, write one dataset file."""
+
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from sati.data.checks import check_dataset, check_feature_dims
 from sati.data.h5format import StoredTokens, write_dataset
@@ -13,10 +14,22 @@ from sati.data.readers import read_source
 from sati.data.readers.common import Source
 
 # Reader options and the formats that take them (anything else is refused, not ignored).
-OPTION_FORMATS = {"text_csv": ("sdk",), "folds": ("sdk",), "drop_missing_text": ("sdk",),
-                  "audio_dim": ("sdk", "csv"), "video_dim": ("sdk", "csv"), "pool_unaligned": ("mmsa",)}
-OPTION_FLAGS = {"text_csv": "--text", "folds": "--folds", "drop_missing_text": "--drop-missing-text",
-                "audio_dim": "--audio-dim", "video_dim": "--video-dim", "pool_unaligned": "--pool-unaligned"}
+OPTION_FORMATS = {
+    "text_csv": ("sdk",),
+    "folds": ("sdk",),
+    "drop_missing_text": ("sdk",),
+    "audio_dim": ("sdk", "csv"),
+    "video_dim": ("sdk", "csv"),
+    "pool_unaligned": ("mmsa",),
+}
+OPTION_FLAGS = {
+    "text_csv": "--text",
+    "folds": "--folds",
+    "drop_missing_text": "--drop-missing-text",
+    "audio_dim": "--audio-dim",
+    "video_dim": "--video-dim",
+    "pool_unaligned": "--pool-unaligned",
+}
 
 
 @dataclass
@@ -27,9 +40,19 @@ class Prepared:
     tokens: dict[str, list[StoredTokens]]
 
 
-def prepare(kind: str, path: str | Path, out: str | Path, *, tokenizer: Optional[str] = None,
-            max_text_tokens: int = 50, name: Optional[str] = None, expect_audio_dim: Optional[int] = None,
-            expect_video_dim: Optional[int] = None, log: Callable[[str], None] = print, **options) -> Prepared:
+def prepare(
+    kind: str,
+    path: str | Path,
+    out: str | Path,
+    *,
+    tokenizer: str | None = None,
+    max_text_tokens: int = 50,
+    name: str | None = None,
+    expect_audio_dim: int | None = None,
+    expect_video_dim: int | None = None,
+    log: Callable[[str], None] = print,
+    **options,
+) -> Prepared:
     """Read ``path`` as ``kind`` (``options`` per ``OPTION_FORMATS``), check, tokenize, write ``out``."""
     for key, value in options.items():
         if value not in (None, False) and kind not in OPTION_FORMATS[key]:
@@ -38,8 +61,13 @@ def prepare(kind: str, path: str | Path, out: str | Path, *, tokenizer: Optional
     source = read_source(kind, path, **{k: v for k, v in options.items() if v not in (None, False)})
     check_dataset(source.splits, str(path))
     train = source.splits["train"]
-    check_feature_dims(str(path), train.audio.shape[-1], train.video.shape[-1],
-                       expect_audio=expect_audio_dim, expect_video=expect_video_dim)
+    check_feature_dims(
+        str(path),
+        train.audio.shape[-1],
+        train.video.shape[-1],
+        expect_audio=expect_audio_dim,
+        expect_video=expect_video_dim,
+    )
     for note in source.notes:
         log(f"  {note}")
 
@@ -47,24 +75,39 @@ def prepare(kind: str, path: str | Path, out: str | Path, *, tokenizer: Optional
     if tokenizer:
         from sati.data.pretokenize import pretokenize, tokenizer_fingerprint
         from sati.model.text import load_tokenizer
+
         tok = load_tokenizer(tokenizer)
         fingerprint = tokenizer_fingerprint(tok)
         for split, s in source.splits.items():
             tokens[split] = [pretokenize(tok, tokenizer, s.text, max_text_tokens, fingerprint)]
             t = tokens[split][0]
-            log(f"  tokenized {split} with {tokenizer}: {len(s)} texts, max {max_text_tokens} tokens, "
-                f"{t.truncated} truncated")
+            log(
+                f"  tokenized {split} with {tokenizer}: {len(s)} texts, max {max_text_tokens} tokens, "
+                f"{t.truncated} truncated"
+            )
 
-    provenance = {**source.provenance, "input": str(Path(path).resolve()),
-                  "input_sha256": {str(p): _sha256(p) for p in source.inputs},
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "notes": source.notes,
-                  "tokenizers": [tokenizer] if tokenizer else []}
-    checksum = write_dataset(out, source.splits, name=name or source.name, provenance=provenance,
-                             missing_modalities=source.missing_modalities, tokens=tokens)
+    provenance = {
+        **source.provenance,
+        "input": str(Path(path).resolve()),
+        "input_sha256": {str(p): _sha256(p) for p in source.inputs},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "notes": source.notes,
+        "tokenizers": [tokenizer] if tokenizer else [],
+    }
+    checksum = write_dataset(
+        out,
+        source.splits,
+        name=name or source.name,
+        provenance=provenance,
+        missing_modalities=source.missing_modalities,
+        tokens=tokens,
+    )
     counts = ", ".join(f"{k} {len(v)}" for k, v in source.splits.items())
-    log(f"wrote {out}: {counts}; audio {train.audio.shape[-1]}-d, video {train.video.shape[-1]}-d"
+    log(
+        f"wrote {out}: {counts}; audio {train.audio.shape[-1]}-d, video {train.video.shape[-1]}-d"
         + (f" (missing: {', '.join(source.missing_modalities)})" if source.missing_modalities else "")
-        + f"; sha256 {checksum[:16]}… in {time.perf_counter() - started:.1f} s")
+        + f"; sha256 {checksum[:16]}… in {time.perf_counter() - started:.1f} s"
+    )
     return Prepared(Path(out), checksum, source, tokens)
 
 

@@ -6,12 +6,12 @@ copy of it match, a changed folder does not), and (2) the stored ids equal what 
 give for ``data.max_text_tokens``: the same max length, or no stored sample truncated and none
 longer than the configured budget. Otherwise the loader tokenizes at load, as before.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -40,20 +40,30 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((blob + extra).encode()).hexdigest()[:16]
 
 
-def pretokenize(tokenizer, name: str, texts: list[str], max_tokens: int,
-                fingerprint: Optional[str] = None) -> StoredTokens:
+def pretokenize(
+    tokenizer, name: str, texts: list[str], max_tokens: int, fingerprint: str | None = None
+) -> StoredTokens:
     """Tokenize ``texts`` as the loader would (``tokenize``) and count the samples it truncates."""
     tokens = tokenize(tokenizer, texts, max_tokens)
     # Only a text that fills the budget may have been cut: tokenize those again with one more slot.
     full = np.flatnonzero(tokens.lengths >= max_tokens)
-    truncated = int((tokenize(tokenizer, [texts[i] for i in full], max_tokens + 1).lengths > max_tokens).sum()) \
-        if len(full) else 0
-    return StoredTokens(tokenizer=name, fingerprint=fingerprint or tokenizer_fingerprint(tokenizer),
-                        max_length=max_tokens, pad_id=tokens.pad_id, truncated=truncated,
-                        ids=tokens.ids, lengths=tokens.lengths)
+    truncated = (
+        int((tokenize(tokenizer, [texts[i] for i in full], max_tokens + 1).lengths > max_tokens).sum())
+        if len(full)
+        else 0
+    )
+    return StoredTokens(
+        tokenizer=name,
+        fingerprint=fingerprint or tokenizer_fingerprint(tokenizer),
+        max_length=max_tokens,
+        pad_id=tokens.pad_id,
+        truncated=truncated,
+        ids=tokens.ids,
+        lengths=tokens.lengths,
+    )
 
 
-def stored_tokens(path: str | Path, split: str, fingerprint: str, max_tokens: int) -> Optional[Tokens]:
+def stored_tokens(path: str | Path, split: str, fingerprint: str, max_tokens: int) -> Tokens | None:
     """The split's stored tokens if they equal ``tokenize(…, max_tokens)`` for this tokenizer, else None."""
     for info in list_tokens(path, split):
         if info.fingerprint != fingerprint:

@@ -2,6 +2,7 @@
 
 All tensors are batch-first: [B, T, ·].
 """
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,7 @@ class PositionalEncoding(nn.Module):
         pe = torch.zeros(max_len, hidden)
         pe[:, 0::2] = torch.sin(pos * div)
         pe[:, 1::2] = torch.cos(pos * div)
-        self.register_buffer("pe", pe, persistent=False)   # [max_len, H]
+        self.register_buffer("pe", pe, persistent=False)  # [max_len, H]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] > self.pe.shape[0]:
@@ -63,8 +64,9 @@ class CrossAttention(nn.Module):
     def forward(self, q: torch.Tensor, kv: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         b, t, h = q.shape
         split = lambda x: x.view(b, x.shape[1], self.heads, h // self.heads).transpose(1, 2)  # [B, nh, T, hs]
-        attn = F.scaled_dot_product_attention(split(self.q(q)), split(self.k(kv)), split(self.v(kv)),
-                                              attn_mask=key_mask[:, None, None, :])
+        attn = F.scaled_dot_product_attention(
+            split(self.q(q)), split(self.k(kv)), split(self.v(kv)), attn_mask=key_mask[:, None, None, :]
+        )
         return self.drop(self.out(attn.transpose(1, 2).reshape(b, t, h)))
 
 
@@ -85,8 +87,8 @@ class FBPGate(nn.Module):
 
     def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """x, text: [B, T, H] → F_norm [B, T, o]."""
-        p = self.drop(self.proj_x(x) * self.proj_text(text))                       # [B, T, o*k]
-        pooled = p.view(*p.shape[:-1], self.fbp_hidden, self.pool).sum(-1)        # [B, T, o]
+        p = self.drop(self.proj_x(x) * self.proj_text(text))  # [B, T, o*k]
+        pooled = p.view(*p.shape[:-1], self.fbp_hidden, self.pool).sum(-1)  # [B, T, o]
         return F.normalize(pooled, dim=-1, eps=1e-12)
 
 

@@ -12,10 +12,10 @@ Data flow (batch-first, H = hidden_size, o = fbp_hidden):
 
 Every time mean and attention is masked, so predictions do not depend on how far a batch is padded.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -25,24 +25,25 @@ from sati.data.dataset import Batch
 from sati.model.layers import CrossAttention, FBPGate, GateHead, PositionalEncoding, reverse_grad
 from sati.model.text import PRECOMPUTED, HFTextEncoder, PrecomputedText
 
-MODALITIES = ("text", "audio", "video")          # discriminator labels 0, 1, 2
+MODALITIES = ("text", "audio", "video")  # discriminator labels 0, 1, 2
 
 
 @dataclass
 class SATIOutput:
     """Everything one forward pass produces. Modality order is text, audio, video."""
-    prediction: torch.Tensor            # [B] sentiment score
-    shared_means: torch.Tensor          # [3, B, H] ī_m: masked time means of the shared codes
-    private_means: torch.Tensor         # [3, B, H] s̄_m
-    video_codes: torch.Tensor           # [B, T, 2H] [S_v ; I_v], input of the temporal JSD
-    video_mask: torch.Tensor            # [B, T] bool, real video steps
-    projections: torch.Tensor           # [3, B, T, H] U_m, reconstruction targets
-    projection_masks: torch.Tensor      # [3, B, T] bool, each modality's real steps
-    reconstructions: torch.Tensor       # [3, B, H] r_m
-    gates: torch.Tensor                 # [2, B, T] audio- and video-stream gate values
-    domain_features: Optional[torch.Tensor] = None   # [6, B, H] d(ī_t, ī_a, ī_v, s̄_t, s̄_a, s̄_v)
-    domain_labels: Optional[torch.Tensor] = None     # [6] long: 0, 1, 2, 0, 1, 2
-    domain_classes: Optional[torch.Tensor] = None    # [3, H] class weights W
+
+    prediction: torch.Tensor  # [B] sentiment score
+    shared_means: torch.Tensor  # [3, B, H] ī_m: masked time means of the shared codes
+    private_means: torch.Tensor  # [3, B, H] s̄_m
+    video_codes: torch.Tensor  # [B, T, 2H] [S_v ; I_v], input of the temporal JSD
+    video_mask: torch.Tensor  # [B, T] bool, real video steps
+    projections: torch.Tensor  # [3, B, T, H] U_m, reconstruction targets
+    projection_masks: torch.Tensor  # [3, B, T] bool, each modality's real steps
+    reconstructions: torch.Tensor  # [3, B, H] r_m
+    gates: torch.Tensor  # [2, B, T] audio- and video-stream gate values
+    domain_features: torch.Tensor | None = None  # [6, B, H] d(ī_t, ī_a, ī_v, s̄_t, s̄_a, s̄_v)
+    domain_labels: torch.Tensor | None = None  # [6] long: 0, 1, 2, 0, 1, 2
+    domain_classes: torch.Tensor | None = None  # [3, H] class weights W
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -54,8 +55,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def _av_encoder(dim: int, heads: int, cfg: ModelConfig, key: str) -> nn.TransformerEncoder:
     if dim % heads:
         divisors = [d for d in range(1, min(dim, 8) + 1) if dim % d == 0]
-        raise ValueError(f"model.{key} = {heads} does not divide the feature dim {dim}; "
-                         f"choose one of {divisors}")
+        raise ValueError(f"model.{key} = {heads} does not divide the feature dim {dim}; choose one of {divisors}")
     layer = nn.TransformerEncoderLayer(dim, heads, cfg.encoder_feedforward, dropout=0.1, batch_first=True)
     return nn.TransformerEncoder(layer, cfg.encoder_layers, enable_nested_tensor=False)
 
@@ -76,8 +76,15 @@ class SATI(nn.Module):
             for loading a SATI checkpoint).
     """
 
-    def __init__(self, cfg: ModelConfig, ablation: AblationConfig, audio_dim: int, video_dim: int,
-                 text_feature_dim: int = 0, pretrained_text: bool = True):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        ablation: AblationConfig,
+        audio_dim: int,
+        video_dim: int,
+        text_feature_dim: int = 0,
+        pretrained_text: bool = True,
+    ):
         super().__init__()
         self.cfg, self.ablation = cfg, ablation
         h = cfg.hidden_size
@@ -100,11 +107,12 @@ class SATI(nn.Module):
         self.cross_video = CrossAttention(h, cfg.cross_attention_heads, cfg.cross_attention_dropout)
         self.fbp_audio = FBPGate(h, cfg.fbp_hidden, cfg.fbp_pool, cfg.fbp_dropout)
         self.fbp_video = FBPGate(h, cfg.fbp_hidden, cfg.fbp_pool, cfg.fbp_dropout)
-        self.gate_head = GateHead(cfg.fbp_hidden, cfg.gate)          # shared by both streams
+        self.gate_head = GateHead(cfg.fbp_hidden, cfg.gate)  # shared by both streams
         self.norm_audio = nn.LayerNorm(h)
         self.norm_video = nn.LayerNorm(h)
-        fusion_layer = nn.TransformerEncoderLayer(2 * h, cfg.fusion_heads, cfg.fusion_feedforward,
-                                                  dropout=0.1, batch_first=True)
+        fusion_layer = nn.TransformerEncoderLayer(
+            2 * h, cfg.fusion_heads, cfg.fusion_feedforward, dropout=0.1, batch_first=True
+        )
         self.fusion = nn.TransformerEncoder(fusion_layer, 1, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.Linear(2 * h, h), nn.Dropout(cfg.dropout), nn.ReLU(), nn.Linear(h, 1))
 
@@ -115,46 +123,54 @@ class SATI(nn.Module):
             text = self.text_encoder(batch.text_ids, text_mask)
         else:
             text = self.text_encoder(batch.text_features, text_mask)
-        text = text.float() * text_mask.unsqueeze(-1)                                   # [B, T, D_t]
+        text = text.float() * text_mask.unsqueeze(-1)  # [B, T, D_t]
         audio = self.audio_encoder(batch.audio, src_key_padding_mask=~av_mask) * av_keep  # [B, T, D_a]
         video = self.video_encoder(batch.video, src_key_padding_mask=~av_mask) * av_keep  # [B, T, D_v]
 
-        u = torch.stack([p(x) for p, x in zip(self.project, (text, audio, video))])     # [3, B, T, H]
+        u = torch.stack([p(x) for p, x in zip(self.project, (text, audio, video))])  # [3, B, T, H]
         private = torch.stack([torch.sigmoid(p(u[i])) for i, p in enumerate(self.private)])  # S_m
-        shared = torch.sigmoid(self.shared(u))                                          # I_m [3, B, T, H]
-        masks = torch.stack([text_mask, av_mask, av_mask])                              # [3, B, T]
-        private_means = masked_mean(private, masks)                                     # [3, B, H]
+        shared = torch.sigmoid(self.shared(u))  # I_m [3, B, T, H]
+        masks = torch.stack([text_mask, av_mask, av_mask])  # [3, B, T]
+        private_means = masked_mean(private, masks)  # [3, B, H]
         shared_means = masked_mean(shared, masks)
         summed = masked_mean(private + shared, masks)
-        recon = torch.stack([r(summed[i]) for i, r in enumerate(self.reconstruct)])     # [3, B, H]
+        recon = torch.stack([r(summed[i]) for i, r in enumerate(self.reconstruct)])  # [3, B, H]
 
         domain = {}
         if self.ablation.adversarial:
-            codes = torch.cat([shared_means, private_means])                            # [6, B, H]
+            codes = torch.cat([shared_means, private_means])  # [6, B, H]
             domain = dict(
                 domain_features=self.discriminator(reverse_grad(codes, self.cfg.reverse_grad_weight)),
                 domain_labels=torch.arange(6, device=codes.device) % 3,
-                domain_classes=self.domain_classes)
+                domain_classes=self.domain_classes,
+            )
 
-        t_pos, a_pos, v_pos = (self.position(private[i]) for i in range(3))            # T̃, Ã, Ṽ
-        f_ta = self.cross_audio(t_pos, a_pos, av_mask)                                   # [B, T, H]
+        t_pos, a_pos, v_pos = (self.position(private[i]) for i in range(3))  # T̃, Ã, Ṽ
+        f_ta = self.cross_audio(t_pos, a_pos, av_mask)  # [B, T, H]
         f_tv = self.cross_video(t_pos, v_pos, av_mask)
         if self.ablation.gate:
-            g_a = self.gate_head(self.fbp_audio(shared[1], shared[0]))                  # [B, T, 1]
+            g_a = self.gate_head(self.fbp_audio(shared[1], shared[0]))  # [B, T, 1]
             g_v = self.gate_head(self.fbp_video(shared[2], shared[0]))
         else:
             g_a = g_v = torch.ones_like(f_ta[..., :1])
         z = torch.cat([self.norm_audio(f_ta * g_a + t_pos), self.norm_video(f_tv * g_v + t_pos)], -1)  # [B, T, 2H]
         z = self.fusion(z, src_key_padding_mask=~mask)
-        prediction = self.head(masked_mean(z, mask)).squeeze(-1)                        # [B]
+        prediction = self.head(masked_mean(z, mask)).squeeze(-1)  # [B]
 
         return SATIOutput(
-            prediction=prediction, shared_means=shared_means, private_means=private_means,
-            video_codes=torch.cat([private[2], shared[2]], -1), video_mask=av_mask,
-            projections=u, projection_masks=masks, reconstructions=recon,
-            gates=torch.stack([g_a.squeeze(-1), g_v.squeeze(-1)]), **domain)
+            prediction=prediction,
+            shared_means=shared_means,
+            private_means=private_means,
+            video_codes=torch.cat([private[2], shared[2]], -1),
+            video_mask=av_mask,
+            projections=u,
+            projection_masks=masks,
+            reconstructions=recon,
+            gates=torch.stack([g_a.squeeze(-1), g_v.squeeze(-1)]),
+            **domain,
+        )
 
-    def parameter_groups(self, lr: float, text_lr: Optional[float]) -> list[dict]:
+    def parameter_groups(self, lr: float, text_lr: float | None) -> list[dict]:
         """Adam groups: the text encoder at ``text_lr`` (default ``lr``), the rest at ``lr``."""
         text = [p for p in self.text_encoder.parameters() if p.requires_grad]
         text_ids = {id(p) for p in text}

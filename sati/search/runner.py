@@ -2,15 +2,16 @@
 
 Orchestration only: Ray lives in ``sati.search.tune``, MLflow in ``sati.tracking``.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from sati import tracking
 from sati.checkpoint import atomic_write, versions
@@ -26,7 +27,7 @@ class SearchOutcome:
     tracking_uri: str
     search_dir: str
     rows: list[dict]
-    best: Optional[dict]
+    best: dict | None
 
 
 def _absolute(cfg: PipelineConfig) -> PipelineConfig:
@@ -52,11 +53,12 @@ def prepare(cfg: PipelineConfig) -> tuple[PipelineConfig, SearchSpace, str]:
     return _absolute(cfg), space, uri
 
 
-def import_tune(address: Optional[str]):
+def import_tune(address: str | None):
     """Import the Ray module; a local Ray (no address) binds to 127.0.0.1 only (read at import)."""
     if not address:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from sati.search import tune as sati_tune
+
     return sati_tune
 
 
@@ -66,22 +68,42 @@ def run_search(cfg: PipelineConfig, console: Callable[[str], None] = print) -> S
     sati_tune = import_tune(cfg.search.ray_address)
     info = read_info(cfg.data.path)
     name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    search_dir = str(Path(cfg.search.storage_path) / name) if "://" not in cfg.search.storage_path \
+    search_dir = (
+        str(Path(cfg.search.storage_path) / name)
+        if "://" not in cfg.search.storage_path
         else f"{cfg.search.storage_path.rstrip('/')}/{name}"
-    parent = tracking.start_search_run(uri, cfg.tracking.experiment, name=name, pipeline=cfg.to_dict(),
-                                       space_path=cfg.search.space, data_checksum=info.checksum,
-                                       search_dir=search_dir, versions=versions())
+    )
+    parent = tracking.start_search_run(
+        uri,
+        cfg.tracking.experiment,
+        name=name,
+        pipeline=cfg.to_dict(),
+        space_path=cfg.search.space,
+        data_checksum=info.checksum,
+        search_dir=search_dir,
+        versions=versions(),
+    )
     if "://" not in search_dir:
-        write_search_state(search_dir, {"parent_run_id": parent, "tracking_uri": uri,
-                                                 "pipeline": cfg.to_dict(), "name": name})
+        write_search_state(
+            search_dir, {"parent_run_id": parent, "tracking_uri": uri, "pipeline": cfg.to_dict(), "name": name}
+        )
     console(f"search {name}: MLflow parent run {parent} in experiment '{cfg.tracking.experiment}' at {uri}")
     runs = tracking.TrialRuns(uri, parent)
-    return _drive(sati_tune, cfg, space, uri, parent, search_dir, console,
-                  lambda: sati_tune.build_tuner(cfg, space, cfg.search.storage_path, name, runs))
+    return _drive(
+        sati_tune,
+        cfg,
+        space,
+        uri,
+        parent,
+        search_dir,
+        console,
+        lambda: sati_tune.build_tuner(cfg, space, cfg.search.storage_path, name, runs),
+    )
 
 
-def resume_search(target: str, tracking_uri: Optional[str] = None,
-                  console: Callable[[str], None] = print) -> SearchOutcome:
+def resume_search(
+    target: str, tracking_uri: str | None = None, console: Callable[[str], None] = print
+) -> SearchOutcome:
     """Continue an interrupted search from its directory or its MLflow parent run id."""
     if Path(target).is_dir():
         search_dir = str(Path(target).resolve())
@@ -98,8 +120,9 @@ def resume_search(target: str, tracking_uri: Optional[str] = None,
     sati_tune = import_tune(cfg.search.ray_address)
     tracking.reopen_search_run(uri, parent)
     console(f"resuming search {state['name']} (MLflow parent run {parent}) from {search_dir}")
-    return _drive(sati_tune, cfg, space, uri, parent, search_dir, console,
-                  lambda: sati_tune.restore_tuner(search_dir, cfg))
+    return _drive(
+        sati_tune, cfg, space, uri, parent, search_dir, console, lambda: sati_tune.restore_tuner(search_dir, cfg)
+    )
 
 
 def _drive(sati_tune, cfg, space, uri, parent, search_dir, console, make_tuner) -> SearchOutcome:
@@ -118,6 +141,7 @@ def _drive(sati_tune, cfg, space, uri, parent, search_dir, console, make_tuner) 
 def _finish(cfg, space, uri, parent, search_dir, results, console) -> SearchOutcome:
     """Close orphans, log the summary to the parent run, print the best trials."""
     from sati.search.tune import FINISHED, tune_metric
+
     metric = tune_metric(cfg)
     children = {run.data.tags.get(tracking.TRIAL_ID): run for run in tracking.child_runs(uri, parent)}
     rows = []
@@ -126,25 +150,37 @@ def _finish(cfg, space, uri, parent, search_dir, results, console) -> SearchOutc
         trial_id = m.get("trial_id", "?")
         run = children.get(trial_id)
         state = "error" if result.error else ("finished" if m.get(FINISHED) else "stopped")
-        row = {"trial_id": trial_id, "state": state, "epochs": m.get("training_iteration", 0),
-               cfg.search.metric: m.get(metric, float("nan")),
-               **{k: v for k, v in (result.config or {}).items() if "." in k},
-               "mlflow_run_id": run.info.run_id if run else ""}
+        row = {
+            "trial_id": trial_id,
+            "state": state,
+            "epochs": m.get("training_iteration", 0),
+            cfg.search.metric: m.get(metric, float("nan")),
+            **{k: v for k, v in (result.config or {}).items() if "." in k},
+            "mlflow_run_id": run.info.run_id if run else "",
+        }
         rows.append(row)
     tracking.TrialRuns(uri, parent).close_orphans()
     reverse = cfg.search.mode == "max"
-    ranked = sorted([r for r in rows if r["state"] != "error" and _finite(r[cfg.search.metric])],
-                    key=lambda r: r[cfg.search.metric], reverse=reverse)
+    ranked = sorted(
+        [r for r in rows if r["state"] != "error" and _finite(r[cfg.search.metric])],
+        key=lambda r: r[cfg.search.metric],
+        reverse=reverse,
+    )
     best = None
     if ranked:
         b = ranked[0]
-        best = {"run_id": b["mlflow_run_id"], "trial_id": b["trial_id"],
-                "metrics": {cfg.search.metric: b[cfg.search.metric]}}
+        best = {
+            "run_id": b["mlflow_run_id"],
+            "trial_id": b["trial_id"],
+            "metrics": {cfg.search.metric: b[cfg.search.metric]},
+        }
     tracking.log_search_summary(uri, parent, rows, _study_plots(cfg, space, rows), best)
     tracking.end_run(uri, parent, "FINISHED")
     console(_best_table(cfg, ranked[:5]))
-    console(f"\nsearch directory: {search_dir}\nMLflow parent run: {parent}\n"
-            f"see it with: mlflow ui --backend-store-uri {uri}")
+    console(
+        f"\nsearch directory: {search_dir}\nMLflow parent run: {parent}\n"
+        f"see it with: mlflow ui --backend-store-uri {uri}"
+    )
     return SearchOutcome(parent, uri, search_dir, rows, best)
 
 
@@ -171,8 +207,10 @@ def _best_table(cfg: PipelineConfig, ranked: list[dict]) -> str:
     lines = ["\nbest trials (validation):", head, "|" + "---|" * (6 + len(keys))]
     for i, r in enumerate(ranked, 1):
         vals = " | ".join(f"{r.get(k):.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys)
-        lines.append(f"| {i} | {r['trial_id']} | {r['state']} | {r['epochs']} | {r[cfg.search.metric]:.4f} | "
-                     f"{vals} | {r['mlflow_run_id']} |")
+        lines.append(
+            f"| {i} | {r['trial_id']} | {r['state']} | {r['epochs']} | {r[cfg.search.metric]:.4f} | "
+            f"{vals} | {r['mlflow_run_id']} |"
+        )
     return "\n".join(lines)
 
 
@@ -180,6 +218,7 @@ def _study_plots(cfg: PipelineConfig, space: SearchSpace, rows: list[dict]) -> d
     """Optimization history, parameter importances, parallel coordinates (matplotlib figures)."""
     import optuna
     from optuna.visualization import matplotlib as ovm
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = {}
     for p in space.params:
@@ -194,21 +233,28 @@ def _study_plots(cfg: PipelineConfig, space: SearchSpace, rows: list[dict]) -> d
         params = {k: r[k] for k in dists if k in r}
         value = r[cfg.search.metric]
         if r["state"] == "finished" and _finite(value):
-            study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
-                                                      value=value))
+            study.add_trial(
+                optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params}, value=value)
+            )
         elif r["state"] == "stopped":
-            study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dists[k] for k in params},
-                                                      state=optuna.trial.TrialState.PRUNED))
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=params, distributions={k: dists[k] for k in params}, state=optuna.trial.TrialState.PRUNED
+                )
+            )
     figures = {}
-    for name, plot in (("optimization_history", ovm.plot_optimization_history),
-                       ("param_importances", ovm.plot_param_importances),
-                       ("parallel_coordinate", ovm.plot_parallel_coordinate)):
+    for name, plot in (
+        ("optimization_history", ovm.plot_optimization_history),
+        ("param_importances", ovm.plot_param_importances),
+        ("parallel_coordinate", ovm.plot_parallel_coordinate),
+    ):
         try:
             import warnings
+
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ax = plot(study)
             figures[name] = (ax[0] if hasattr(ax, "__len__") else ax).figure
-        except Exception:    # e.g. importances need two finished trials: skip that plot
+        except Exception:  # e.g. importances need two finished trials: skip that plot
             continue
     return figures

@@ -12,6 +12,7 @@ Distributions: ``uniform``, ``loguniform``, ``int`` (optional ``step``, ``log``)
 order) or else from the pipeline config, so a parameter is sampled only where it has an effect.
 The sampler is Optuna's define-by-run API; this module does not import Ray.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,8 +68,7 @@ class SearchSpace:
             if not _condition_holds(p.when, out, base):
                 continue
             value = flat[p.key]
-            inside = (value in p.args if p.kind == "choice"
-                      else p.args[0] <= value <= p.args[1])
+            inside = value in p.args if p.kind == "choice" else p.args[0] <= value <= p.args[1]
             if inside:
                 out[p.key] = value
         return out
@@ -122,8 +122,10 @@ def _parse_param(path: Path, keys: set, key: str, spec: Any, base: PipelineConfi
     kinds = [k for k in spec if k in KINDS]
     extra = set(spec) - set(KINDS) - {"step", "log", "when"}
     if len(kinds) != 1 or extra:
-        raise ConfigError(f"{path}: {key}: expected exactly one of {', '.join(KINDS)} "
-                          f"(plus optional step, log, when); got {sorted(spec)}")
+        raise ConfigError(
+            f"{path}: {key}: expected exactly one of {', '.join(KINDS)} "
+            f"(plus optional step, log, when); got {sorted(spec)}"
+        )
     kind, args = kinds[0], spec[kinds[0]]
     when = spec.get("when") or {}
     if not isinstance(when, dict):
@@ -145,12 +147,13 @@ def _parse_param(path: Path, keys: set, key: str, spec: Any, base: PipelineConfi
             raise ConfigError(f"{path}: {key}: loguniform needs low > 0, got {low}")
         values = [low, high]
         args = [low, high]
-    for v in values:   # every end point / choice must be a value the config accepts
+    for v in values:  # every end point / choice must be a value the config accepts
         try:
             base.replace({key: v}, source=f"{path}: {key}")
         except ConfigError as err:
             raise ConfigError(f"{err} (from the search space)") from None
     if kind != "choice" and any(math.isinf(v) for v in args):
         raise ConfigError(f"{path}: {key}: bounds must be finite")
-    return Param(key=key, kind=kind, args=tuple(args), step=spec.get("step"), log=bool(spec.get("log", False)),
-                 when=dict(when))
+    return Param(
+        key=key, kind=kind, args=tuple(args), step=spec.get("step"), log=bool(spec.get("log", False)), when=dict(when)
+    )

@@ -5,13 +5,14 @@ with ``sati.trainer.fit`` on the train and validation splits only, and reports e
 with a checkpoint (``last.pt`` to resume, ``best.pt`` to promote). The MLflow side runs on the
 driver (``TrackingCallback``), so runs end properly even when a scheduler stops a trial.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import ray
 from ray import tune
@@ -27,6 +28,7 @@ FINISHED = "trainer/finished"
 
 # ---------------------------------------------------------------------------------------------
 # Inside a trial (worker process)
+
 
 class TuneReporter:
     """Reports each epoch's metrics and checkpoint files to Tune (no progress bars in trials)."""
@@ -83,13 +85,20 @@ class ConfirmTrial:
 def train_trial(config: dict[str, Any], resolve) -> None:
     """Ray function trainable: ``resolve(config)`` gives the trial's pipeline (``SearchTrial``, ``ConfirmTrial``)."""
     from sati.trainer import fit
+
     cfg, _ = resolve(config)
     trial_dir = Path(tune.get_context().get_trial_dir())
-    cfg = cfg.replace({"train.out_dir": str(trial_dir / "train"),
-                       "train.selection_metric": cfg.search.metric, "train.selection_mode": cfg.search.mode})
+    cfg = cfg.replace(
+        {
+            "train.out_dir": str(trial_dir / "train"),
+            "train.selection_metric": cfg.search.metric,
+            "train.selection_mode": cfg.search.mode,
+        }
+    )
     gpu = cfg.search.resources.gpu
-    if 0 < gpu < 1:   # Ray does not isolate GPU memory between trials that share a GPU
+    if 0 < gpu < 1:  # Ray does not isolate GPU memory between trials that share a GPU
         import torch
+
         if torch.cuda.is_available():
             torch.cuda.set_per_process_memory_fraction(gpu * 0.95)
     resume = None
@@ -113,6 +122,7 @@ _DATA_CACHE: dict = {}
 def _cached_datasets(cfg: PipelineConfig):
     """Train/valid splits, read and tokenized once per worker process (trials reuse workers)."""
     from sati.data.loaders import load_split_datasets
+
     path = Path(cfg.data.path)
     key = (str(path), path.stat().st_mtime_ns, cfg.model.text_encoder, cfg.data.max_text_tokens)
     if key not in _DATA_CACHE:
@@ -123,6 +133,7 @@ def _cached_datasets(cfg: PipelineConfig):
 
 # ---------------------------------------------------------------------------------------------
 # Searcher: Optuna (seeded TPE), told PRUNED when a scheduler stopped the trial
+
 
 class _DefineByRun:
     """A picklable define-by-run function for OptunaSearch."""
@@ -138,10 +149,16 @@ class StopAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna PRUNED, not COMPLETE with a truncated value, for trials a
     scheduler stopped before the trainer finished (Ray's default treats them as complete)."""
 
-    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
-        if (result and not error and not result.get(FINISHED) and trial_id in self._ot_trials
-                and trial_id not in self._completed_trials):
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if (
+            result
+            and not error
+            and not result.get(FINISHED)
+            and trial_id in self._ot_trials
+            and trial_id not in self._completed_trials
+        ):
             import optuna
+
             self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return
@@ -150,6 +167,7 @@ class StopAwareOptunaSearch(OptunaSearch):
 
 # ---------------------------------------------------------------------------------------------
 # Driver side: MLflow runs follow Tune's trial events
+
 
 class TrackingCallback(tune.Callback):
     """One MLflow child run per trial: params, per-epoch metrics, best checkpoint, learning curve."""
@@ -170,7 +188,7 @@ class TrackingCallback(tune.Callback):
         if result.get("node_id") and result.get("iterations_since_restore") == 1:
             self.runs.record_node(trial.trial_id, result["node_id"])
 
-    def _finish(self, trial, status: str, reason: Optional[str]):
+    def _finish(self, trial, status: str, reason: str | None):
         ckpt = trial.checkpoint
         if ckpt is not None:
             try:
@@ -183,8 +201,11 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        self._finish(trial, "finished" if last.get(FINISHED) else "stopped",
-                     None if last.get(FINISHED) else "stopped early by the scheduler")
+        self._finish(
+            trial,
+            "finished" if last.get(FINISHED) else "stopped",
+            None if last.get(FINISHED) else "stopped early by the scheduler",
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, "failed", _error_text(trial))
@@ -207,12 +228,13 @@ def _error_text(trial) -> str:
 # ---------------------------------------------------------------------------------------------
 # The Tuner
 
-def init_ray(address: Optional[str], num_cpus: Optional[int] = None) -> bool:
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> bool:
     """Connect to ``address``, or start a local Ray bound to 127.0.0.1; True if we started it."""
     if ray.is_initialized():
         return False
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")                    # the compact CLIReporter table
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
@@ -227,27 +249,43 @@ def shutdown_ray() -> None:
 
 def _scheduler(cfg: PipelineConfig):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
     s = cfg.search
     if s.scheduler == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
-                             grace_period=min(s.grace_period, cfg.train.epochs), reduction_factor=s.reduction_factor)
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=cfg.train.epochs,
+            grace_period=min(s.grace_period, cfg.train.epochs),
+            reduction_factor=s.reduction_factor,
+        )
     if s.scheduler == "hyperband":
-        return HyperBandScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
-                                  reduction_factor=s.reduction_factor)
+        return HyperBandScheduler(
+            time_attr="training_iteration", max_t=cfg.train.epochs, reduction_factor=s.reduction_factor
+        )
     return FIFOScheduler()
 
 
-def _run_config(cfg: PipelineConfig, name: str, storage_path: str, runs: TrialRuns, resolve,
-                parameter_columns: list[str]) -> tune.RunConfig:
+def _run_config(
+    cfg: PipelineConfig, name: str, storage_path: str, runs: TrialRuns, resolve, parameter_columns: list[str]
+) -> tune.RunConfig:
     """Where the experiment state goes, the MLflow callback, retries, and the live table (trials,
     state, epoch, best validation metric, ``parameter_columns``)."""
     s = cfg.search
-    table = tune.CLIReporter(metric_columns={"epoch": "epoch", tune_metric(cfg): f"best {s.metric}"},
-                             parameter_columns=parameter_columns, max_report_frequency=15, sort_by_metric=True)
-    return tune.RunConfig(name=name, storage_path=storage_path, callbacks=[TrackingCallback(runs, resolve, s.metric)],
-                          progress_reporter=table,
-                          failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False),
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1)
+    table = tune.CLIReporter(
+        metric_columns={"epoch": "epoch", tune_metric(cfg): f"best {s.metric}"},
+        parameter_columns=parameter_columns,
+        max_report_frequency=15,
+        sort_by_metric=True,
+    )
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage_path,
+        callbacks=[TrackingCallback(runs, resolve, s.metric)],
+        progress_reporter=table,
+        failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        verbose=1,
+    )
 
 
 def tune_metric(cfg: PipelineConfig) -> str:
@@ -255,26 +293,37 @@ def tune_metric(cfg: PipelineConfig) -> str:
     return f"best/{cfg.search.metric}"
 
 
-def build_tuner(cfg: PipelineConfig, space: SearchSpace, storage_path: str, name: str,
-                runs: TrialRuns) -> tune.Tuner:
+def build_tuner(cfg: PipelineConfig, space: SearchSpace, storage_path: str, name: str, runs: TrialRuns) -> tune.Tuner:
     import optuna
+
     s = cfg.search
-    first = space.defaults(cfg)     # the pipeline's own values are the first point tried
-    searcher = StopAwareOptunaSearch(space=_DefineByRun(space, cfg), metric=tune_metric(cfg), mode=s.mode,
-                                     sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-                                     points_to_evaluate=[first] if first else None)
+    first = space.defaults(cfg)  # the pipeline's own values are the first point tried
+    searcher = StopAwareOptunaSearch(
+        space=_DefineByRun(space, cfg),
+        metric=tune_metric(cfg),
+        mode=s.mode,
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+        points_to_evaluate=[first] if first else None,
+    )
     resolve = SearchTrial(cfg.to_dict())
     return tune.Tuner(
         _trainable(resolve, cfg),
-        tune_config=tune.TuneConfig(metric=tune_metric(cfg), mode=s.mode, num_samples=s.num_samples,
-                                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
-                                    scheduler=_scheduler(cfg), time_budget_s=s.time_budget_s,
-                                    reuse_actors=s.reuse_actors),
-        run_config=_run_config(cfg, name, storage_path, runs, resolve, space.keys))
+        tune_config=tune.TuneConfig(
+            metric=tune_metric(cfg),
+            mode=s.mode,
+            num_samples=s.num_samples,
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
+            scheduler=_scheduler(cfg),
+            time_budget_s=s.time_budget_s,
+            reuse_actors=s.reuse_actors,
+        ),
+        run_config=_run_config(cfg, name, storage_path, runs, resolve, space.keys),
+    )
 
 
-def build_confirm_tuner(cfg: PipelineConfig, bases: list[dict], source_runs: list[str], seeds: list[int],
-                        name: str, runs: TrialRuns) -> tune.Tuner:
+def build_confirm_tuner(
+    cfg: PipelineConfig, bases: list[dict], source_runs: list[str], seeds: list[int], name: str, runs: TrialRuns
+) -> tune.Tuner:
     """Every candidate pipeline in ``bases`` retrained once per seed (a grid, FIFO, no early stopping);
     ``cfg`` (the first candidate's) gives the metric, resources, concurrency and storage."""
     s = cfg.search
@@ -282,19 +331,28 @@ def build_confirm_tuner(cfg: PipelineConfig, bases: list[dict], source_runs: lis
     return tune.Tuner(
         _trainable(resolve, cfg),
         param_space={"candidate": tune.grid_search(list(range(len(bases)))), "seed": tune.grid_search(seeds)},
-        tune_config=tune.TuneConfig(metric=tune_metric(cfg), mode=s.mode, max_concurrent_trials=s.max_concurrent,
-                                    reuse_actors=s.reuse_actors),
-        run_config=_run_config(cfg, name, s.storage_path, runs, resolve, ["candidate", "seed"]))
+        tune_config=tune.TuneConfig(
+            metric=tune_metric(cfg), mode=s.mode, max_concurrent_trials=s.max_concurrent, reuse_actors=s.reuse_actors
+        ),
+        run_config=_run_config(cfg, name, s.storage_path, runs, resolve, ["candidate", "seed"]),
+    )
 
 
 def restore_tuner(search_dir: str, cfg: PipelineConfig) -> tune.Tuner:
     if not tune.Tuner.can_restore(search_dir):
         raise ValueError(f"{search_dir}: no restorable Ray Tune experiment state here")
-    return tune.Tuner.restore(search_dir, trainable=_trainable(SearchTrial(cfg.to_dict()), cfg),
-                              resume_unfinished=True, resume_errored=False, restart_errored=False)
+    return tune.Tuner.restore(
+        search_dir,
+        trainable=_trainable(SearchTrial(cfg.to_dict()), cfg),
+        resume_unfinished=True,
+        resume_errored=False,
+        restart_errored=False,
+    )
 
 
 def _trainable(resolve, cfg: PipelineConfig):
     """``train_trial`` bound to its config resolver, with the per-trial resources of ``cfg``."""
-    return tune.with_resources(tune.with_parameters(train_trial, resolve=resolve),
-                               {"cpu": cfg.search.resources.cpu, "gpu": cfg.search.resources.gpu})
+    return tune.with_resources(
+        tune.with_parameters(train_trial, resolve=resolve),
+        {"cpu": cfg.search.resources.cpu, "gpu": cfg.search.resources.gpu},
+    )

@@ -7,6 +7,7 @@
 
 Pickles are read with ``sati.data.safe_pickle`` only.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,14 +21,18 @@ def read_source(kind: str, path: str | Path, **options) -> Source:
     """Read ``path`` as ``kind``; ``options`` go to that reader (see each reader's signature)."""
     if kind == "mmsa":
         from sati.data.readers.mmsa import read_mmsa
+
         return read_mmsa(path, **options)
     if kind == "misa":
         from sati.data.readers.misa import read_misa
+
         return read_misa(path, **options)
     if kind == "sdk":
         from sati.data.readers.sdk import read_sdk
+
         return read_sdk(path, **options)
     if kind == "csv":
         from sati.data.readers.label_csv import read_label_csv_dataset
+
         return read_label_csv_dataset(path, **options)
     raise ValueError(f"unknown source format {kind!r}; expected one of {', '.join(FORMATS)}")

@@ -1,27 +1,29 @@
 """What every reader returns, and the array helpers they share."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
 from sati.data.h5format import SPLITS, DataError, SplitArrays
 
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "dev": "valid", "val": "valid", "test": "test"}
-DEFAULT_AUDIO_DIM, DEFAULT_VIDEO_DIM = 74, 47     # MOSI in MISA's pickles (COVAREP, FACET 4.1)
+DEFAULT_AUDIO_DIM, DEFAULT_VIDEO_DIM = 74, 47  # MOSI in MISA's pickles (COVAREP, FACET 4.1)
 
 
 @dataclass
 class Source:
     """A dataset read from another tool's files, ready to check and write."""
+
     splits: dict[str, SplitArrays]
     name: str
     provenance: dict
     missing_modalities: tuple[str, ...] = ()
-    notes: list[str] = field(default_factory=list)     # what the reader decided, printed by prepare
-    inputs: list[Path] = field(default_factory=list)   # the files read (prepare records their sha256)
+    notes: list[str] = field(default_factory=list)  # what the reader decided, printed by prepare
+    inputs: list[Path] = field(default_factory=list)  # the files read (prepare records their sha256)
 
 
 def split_name(raw: str, source: Path | str) -> str:
@@ -43,12 +45,12 @@ def sanitize(x: np.ndarray) -> np.ndarray:
     return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def pad_stack(seqs: Sequence[np.ndarray], dim: int, t_max: Optional[int] = None) -> np.ndarray:
+def pad_stack(seqs: Sequence[np.ndarray], dim: int, t_max: int | None = None) -> np.ndarray:
     """List of [L_i, D] → [N, T, D] float32, zero past each L_i (T = max L_i, at least 1)."""
     t = t_max or max([len(s) for s in seqs] + [1])
     out = np.zeros((len(seqs), t, dim), dtype=np.float32)
     for i, s in enumerate(seqs):
-        out[i, :len(s)] = s
+        out[i, : len(s)] = s
     return out
 
 
@@ -81,14 +83,20 @@ def order_splits(splits: dict[str, SplitArrays]) -> dict[str, SplitArrays]:
     return {s: splits[s] for s in SPLITS if s in splits} | {s: v for s, v in splits.items() if s not in SPLITS}
 
 
-def text_only_split(ids: list[str], text: list[str], labels: np.ndarray, audio_dim: int,
-                    video_dim: int) -> SplitArrays:
+def text_only_split(ids: list[str], text: list[str], labels: np.ndarray, audio_dim: int, video_dim: int) -> SplitArrays:
     """A split with real text and labels and absent audio/video: zeros [N, 1, D], every length 1."""
     n = len(ids)
-    return SplitArrays(ids=list(ids), text=list(text), labels=np.asarray(labels, dtype=np.float32),
-                       lengths=np.ones(n, np.int32), audio=zeros_modality(n, 1, audio_dim),
-                       video=zeros_modality(n, 1, video_dim))
+    return SplitArrays(
+        ids=list(ids),
+        text=list(text),
+        labels=np.asarray(labels, dtype=np.float32),
+        lengths=np.ones(n, np.int32),
+        audio=zeros_modality(n, 1, audio_dim),
+        video=zeros_modality(n, 1, video_dim),
+    )
 
 
-TEXT_ONLY_NOTE = ("audio and video absent: each filled with one zero step per sample "
-                  "(audio {audio_dim}-d, video {video_dim}-d; the model learns from text only)")
+TEXT_ONLY_NOTE = (
+    "audio and video absent: each filled with one zero step per sample "
+    "(audio {audio_dim}-d, video {video_dim}-d; the model learns from text only)"
+)

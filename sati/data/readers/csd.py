@@ -4,6 +4,7 @@ Layout: one top-level group (the "root name"; the SDK reads the first key) holdi
 ``data/<entry>/features`` [n, d] and ``data/<entry>/intervals`` [n, 2] (start, end seconds), and
 ``metadata/<key>``: 1-element strings holding JSON values. Entries are video ids.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,7 @@ class Csd:
             self._f = h5py.File(self.path, "r")
         except OSError as err:
             raise DataError(f"{self.path}: not a readable HDF5 file ({err}); is it truncated or not a .csd?") from None
-        groups = [k for k in self._f.keys() if isinstance(self._f[k], h5py.Group)]
+        groups = [k for k in self._f if isinstance(self._f[k], h5py.Group)]
         if not groups or "data" not in self._f[groups[0]]:
             self._f.close()
             raise DataError(f"{self.path}: not a computational sequence (expected <root>/data/<video>/features)")
@@ -53,14 +54,16 @@ class Csd:
         if feats.ndim == 1:
             feats = feats[:, None]
         if len(feats) != len(ivals) or ivals.ndim != 2 or ivals.shape[1] != 2:
-            raise DataError(f"{self.path}: '{self.root}/data/{key}': features {feats.shape} and intervals "
-                            f"{ivals.shape} disagree; expected [n, d] and [n, 2]")
+            raise DataError(
+                f"{self.path}: '{self.root}/data/{key}': features {feats.shape} and intervals "
+                f"{ivals.shape} disagree; expected [n, d] and [n, 2]"
+            )
         return feats, ivals
 
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "Csd":
+    def __enter__(self) -> Csd:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -69,7 +72,7 @@ class Csd:
 
 def _metadata(group) -> dict:
     out = {}
-    for key in (group.keys() if group is not None else ()):
+    for key in group.keys() if group is not None else ():
         raw = group[key][()]
         raw = raw[0] if isinstance(raw, np.ndarray) and raw.size else raw
         raw = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -89,8 +92,9 @@ def find_csd_files(folder: str | Path) -> dict[str, Path]:
         for pattern in patterns:
             hits = [p for p in files if re.search(pattern, p.stem, re.I) and p not in found.values()]
             if len(hits) > 1:
-                raise DataError(f"{folder}: several {role} files match {pattern!r}: "
-                                f"{', '.join(p.name for p in hits)}; keep one")
+                raise DataError(
+                    f"{folder}: several {role} files match {pattern!r}: {', '.join(p.name for p in hits)}; keep one"
+                )
             if hits:
                 found[role] = hits[0]
                 break

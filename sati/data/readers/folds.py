@@ -4,6 +4,7 @@ JSON: ``{"train": [video ids], "valid" (or "dev"): [...], "test": [...]}``; keys
 ``_`` are ignored, and the SDK's names ``standard_train_fold`` / ``..._valid_fold`` / ``..._test_fold``
 are accepted. All segments of a video share its split.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from pathlib import Path
 from sati.data.h5format import DataError
 from sati.data.readers.common import split_name
 
-BUNDLED = {"standard": "cmu_mosi_std_folds.json"}    # CMU-MultimodalSDK's CMU-MOSI folds (MIT)
+BUNDLED = {"standard": "cmu_mosi_std_folds.json"}  # CMU-MultimodalSDK's CMU-MOSI folds (MIT)
 
 
 def load_folds(spec: str) -> tuple[dict[str, str], str]:

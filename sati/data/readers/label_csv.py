@@ -5,25 +5,31 @@ Columns ``id,text,label,mode`` or ``video_id,clip_id,text,label,mode`` (id = ``v
 ``read_label_csv`` gives the rows by id (for joining text onto another source);
 ``read_label_csv_dataset`` makes a text-only dataset from the file alone (``--from csv``).
 """
+
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from sati.data.h5format import SPLITS, DataError
-from sati.data.readers.common import (DEFAULT_AUDIO_DIM, DEFAULT_VIDEO_DIM, TEXT_ONLY_NOTE, Source,
-                                      split_name, text_only_split)
+from sati.data.readers.common import (
+    DEFAULT_AUDIO_DIM,
+    DEFAULT_VIDEO_DIM,
+    TEXT_ONLY_NOTE,
+    Source,
+    split_name,
+    text_only_split,
+)
 
 
 @dataclass(frozen=True)
 class LabelRow:
     text: str
     label: float
-    split: Optional[str]        # train / valid / test, or None without a mode column
+    split: str | None  # train / valid / test, or None without a mode column
 
 
 def read_label_csv(path: str | Path) -> dict[str, LabelRow]:
@@ -36,8 +42,10 @@ def read_label_csv(path: str | Path) -> dict[str, LabelRow]:
         cols = set(reader.fieldnames or ())
         has_id = "id" in cols or {"video_id", "clip_id"} <= cols
         if not has_id or not {"text", "label"} <= cols:
-            raise DataError(f"{path}: expected columns id,text,label[,mode] or video_id,clip_id,text,label[,mode]; "
-                            f"found {', '.join(reader.fieldnames or ()) or 'none'}")
+            raise DataError(
+                f"{path}: expected columns id,text,label[,mode] or video_id,clip_id,text,label[,mode]; "
+                f"found {', '.join(reader.fieldnames or ()) or 'none'}"
+            )
         rows: dict[str, LabelRow] = {}
         for line, r in enumerate(reader, start=2):
             sid = r["id"] if "id" in cols else f"{r['video_id']}_{r['clip_id']}"
@@ -48,15 +56,19 @@ def read_label_csv(path: str | Path) -> dict[str, LabelRow]:
             if sid in rows:
                 raise DataError(f"{path}: line {line}: duplicate id {sid}")
             mode = r.get("mode")
-            rows[sid] = LabelRow(text=(r["text"] or "").strip(), label=label,
-                                 split=split_name(mode, f"{path}: line {line}") if mode else None)
+            rows[sid] = LabelRow(
+                text=(r["text"] or "").strip(),
+                label=label,
+                split=split_name(mode, f"{path}: line {line}") if mode else None,
+            )
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
 
 
-def read_label_csv_dataset(path: str | Path, *, audio_dim: int = DEFAULT_AUDIO_DIM,
-                           video_dim: int = DEFAULT_VIDEO_DIM) -> Source:
+def read_label_csv_dataset(
+    path: str | Path, *, audio_dim: int = DEFAULT_AUDIO_DIM, video_dim: int = DEFAULT_VIDEO_DIM
+) -> Source:
     """A text-only dataset from ``label.csv`` alone: splits from ``mode``, A/V absent (zeros)."""
     path = Path(path)
     rows = read_label_csv(path)
@@ -66,8 +78,14 @@ def read_label_csv_dataset(path: str | Path, *, audio_dim: int = DEFAULT_AUDIO_D
     for split in SPLITS:
         ids = [i for i, r in rows.items() if r.split == split]
         if ids:
-            splits[split] = text_only_split(ids, [rows[i].text for i in ids],
-                                            np.array([rows[i].label for i in ids]), audio_dim, video_dim)
-    return Source(splits=splits, name=f"{path.parent.name or path.stem} (label.csv, text only)",
-                  provenance={"format": "label-csv"}, missing_modalities=("audio", "video"),
-                  notes=[TEXT_ONLY_NOTE.format(audio_dim=audio_dim, video_dim=video_dim)], inputs=[path])
+            splits[split] = text_only_split(
+                ids, [rows[i].text for i in ids], np.array([rows[i].label for i in ids]), audio_dim, video_dim
+            )
+    return Source(
+        splits=splits,
+        name=f"{path.parent.name or path.stem} (label.csv, text only)",
+        provenance={"format": "label-csv"},
+        missing_modalities=("audio", "video"),
+        notes=[TEXT_ONLY_NOTE.format(audio_dim=audio_dim, video_dim=video_dim)],
+        inputs=[path],
+    )

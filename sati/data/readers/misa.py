@@ -9,6 +9,7 @@ What the canonical file gets: text = ``" ".join(actual_words)``, one audio/video
 (lengths L), NaN/inf → 0, label = ``label[0, 0]``, id ``<video>_<i+1>`` (the SDK / label.csv
 convention); an id of another form is kept as it is.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,28 +37,37 @@ def read_misa(folder: str | Path) -> Source:
             raise DataError(f"{folder}: split '{split}' missing: no {' or '.join(names)} in the folder")
         splits[split] = _split(found[0], load_pickle(found[0]))
         inputs.append(found[0])
-    return Source(splits=order_splits(splits), name=f"{folder.name} (MISA pickles)",
-                  provenance={"format": "misa"},
-                  notes=["one audio/video step per word; ids <video>[i] → <video>_<i+1>"], inputs=inputs)
+    return Source(
+        splits=order_splits(splits),
+        name=f"{folder.name} (MISA pickles)",
+        provenance={"format": "misa"},
+        notes=["one audio/video step per word; ids <video>[i] → <video>_<i+1>"],
+        inputs=inputs,
+    )
 
 
 def _split(path: Path, rows) -> SplitArrays:
     if not isinstance(rows, list) or not rows:
-        raise DataError(f"{path}: expected a non-empty list of ((words, visual, acoustic, actual_words), "
-                        f"label, segment_id) tuples, found {type(rows).__name__}")
+        raise DataError(
+            f"{path}: expected a non-empty list of ((words, visual, acoustic, actual_words), "
+            f"label, segment_id) tuples, found {type(rows).__name__}"
+        )
     ids, text, labels, visual, acoustic = [], [], [], [], []
     for i, row in enumerate(rows):
         try:
             (_, vis, aco, words), label, *rest = row
         except (TypeError, ValueError):
-            raise DataError(f"{path}: row {i} is not ((words, visual, acoustic, actual_words), label, "
-                            "segment_id)") from None
+            raise DataError(
+                f"{path}: row {i} is not ((words, visual, acoustic, actual_words), label, segment_id)"
+            ) from None
         seg = str(rest[0]) if rest else f"{path.stem}_{i + 1}"
         vis, aco = sanitize(vis), sanitize(aco)
         words = [w.decode() if isinstance(w, bytes) else str(w) for w in words]
         if not (len(vis) == len(aco) == len(words)) or vis.ndim != 2 or aco.ndim != 2:
-            raise DataError(f"{path}: segment {seg}: visual {vis.shape}, acoustic {aco.shape} and "
-                            f"{len(words)} words disagree; expected [L, D_v], [L, D_a] and L words")
+            raise DataError(
+                f"{path}: segment {seg}: visual {vis.shape}, acoustic {aco.shape} and "
+                f"{len(words)} words disagree; expected [L, D_v], [L, D_a] and L words"
+            )
         if not words:
             raise DataError(f"{path}: segment {seg} has no words")
         m = _SEGMENT.match(seg)
@@ -71,5 +81,11 @@ def _split(path: Path, rows) -> SplitArrays:
         if len(dims) > 1:
             raise DataError(f"{path}: {name} feature dims differ between rows: {sorted(dims)}")
     lengths = np.array([len(s) for s in visual], dtype=np.int32)
-    return SplitArrays(ids=ids, text=text, labels=np.array(labels, dtype=np.float32), lengths=lengths,
-                       audio=pad_stack(acoustic, acoustic[0].shape[1]), video=pad_stack(visual, visual[0].shape[1]))
+    return SplitArrays(
+        ids=ids,
+        text=text,
+        labels=np.array(labels, dtype=np.float32),
+        lengths=lengths,
+        audio=pad_stack(acoustic, acoustic[0].shape[1]),
+        video=pad_stack(visual, visual[0].shape[1]),
+    )

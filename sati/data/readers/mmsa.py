@@ -17,6 +17,7 @@ What the canonical file gets:
   video frames are average-pooled to its text length (mask row sum), i.e. one step per BERT token,
   the time axis of aligned_50.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,16 +45,21 @@ def read_mmsa(path: str | Path, *, pool_unaligned: bool = False) -> Source:
             raise DataError(f"{path}: split {raw_name!r} is a {type(d).__name__}, expected a dict of arrays")
         splits[split_name(raw_name, path)] = _split(path, str(raw_name), d, pool_unaligned, notes)
     pooled = any(note.startswith("unaligned") for note in notes)
-    return Source(splits=order_splits(splits), name=_dataset_name(path),
-                  provenance={"format": "mmsa", "unaligned_pooled": pooled},
-                  notes=sorted(set(notes)), inputs=[path])
+    return Source(
+        splits=order_splits(splits),
+        name=_dataset_name(path),
+        provenance={"format": "mmsa", "unaligned_pooled": pooled},
+        notes=sorted(set(notes)),
+        inputs=[path],
+    )
 
 
 def _split(path: Path, raw: str, d: dict, pool_unaligned: bool, notes: list[str]) -> SplitArrays:
     for key in REQUIRED:
         if key not in d:
-            raise DataError(f"{path}: '{raw}/{key}' missing (an MMSA split has {', '.join(REQUIRED)}, "
-                            "and usually text, text_bert)")
+            raise DataError(
+                f"{path}: '{raw}/{key}' missing (an MMSA split has {', '.join(REQUIRED)}, and usually text, text_bert)"
+            )
     labels = np.asarray(d["regression_labels"], dtype=np.float32)
     n = len(labels)
     labels = labels.reshape(n, -1)[:, 0]
@@ -62,15 +68,16 @@ def _split(path: Path, raw: str, d: dict, pool_unaligned: bool, notes: list[str]
             raise DataError(f"{path}: '{raw}/{key}' has {len(d[key])} rows but '{raw}/regression_labels' has {n}")
     audio, video = sanitize(d["audio"]), sanitize(d["vision"])
     if audio.ndim != 3 or video.ndim != 3:
-        raise DataError(f"{path}: '{raw}/audio' and '{raw}/vision' must be [N, T, D]; "
-                        f"got {audio.shape} and {video.shape}")
+        raise DataError(
+            f"{path}: '{raw}/audio' and '{raw}/vision' must be [N, T, D]; got {audio.shape} and {video.shape}"
+        )
 
     text_len = None
     if "text_bert" in d:
         bert = np.asarray(d["text_bert"])
         if bert.ndim != 3 or bert.shape[1] < 2:
             raise DataError(f"{path}: '{raw}/text_bert' must be [N, 3, L] (ids; mask; segments), got {bert.shape}")
-        text_len = np.maximum(np.rint(bert[:, 1]).sum(1), 1).astype(np.int32)        # [N]
+        text_len = np.maximum(np.rint(bert[:, 1]).sum(1), 1).astype(np.int32)  # [N]
     text_features = text_lengths = None
     if "text" in d and np.ndim(d["text"]) == 3:
         text_features = sanitize(d["text"])
@@ -83,7 +90,8 @@ def _split(path: Path, raw: str, d: dict, pool_unaligned: bool, notes: list[str]
             raise DataError(
                 f"{path}: '{raw}' is unaligned (audio {audio.shape[1]} steps, vision {video.shape[1]}); SATI's "
                 "gate needs one time axis. Use aligned_50.pkl, or pass --pool-unaligned to average-pool "
-                "each sample's audio and video to its text length")
+                "each sample's audio and video to its text length"
+            )
         a_len = _lengths(d, "audio_lengths", audio)
         v_len = _lengths(d, "vision_lengths", video)
         target = text_len if text_len is not None else np.maximum(np.minimum(a_len, v_len), 1)
@@ -91,9 +99,11 @@ def _split(path: Path, raw: str, d: dict, pool_unaligned: bool, notes: list[str]
         audio = _pool_all(audio, a_len, target, t)
         video = _pool_all(video, v_len, target, t)
         lengths = target.astype(np.int32)
-        notes.append("unaligned audio/video average-pooled to each sample's text length "
-                     "(text_bert mask row sum)" if text_len is not None else
-                     "unaligned audio/video average-pooled to min(audio, vision length)")
+        notes.append(
+            "unaligned audio/video average-pooled to each sample's text length (text_bert mask row sum)"
+            if text_len is not None
+            else "unaligned audio/video average-pooled to min(audio, vision length)"
+        )
     else:
         t = audio.shape[1]
         if text_len is not None:
@@ -107,8 +117,16 @@ def _split(path: Path, raw: str, d: dict, pool_unaligned: bool, notes: list[str]
 
     ids = [_str(x).replace("$_$", "_") for x in d["id"]]
     text = [_str(x) for x in d["raw_text"]]
-    return SplitArrays(ids=ids, text=text, labels=labels, lengths=lengths, audio=audio, video=video,
-                       text_features=text_features, text_lengths=text_lengths)
+    return SplitArrays(
+        ids=ids,
+        text=text,
+        labels=labels,
+        lengths=lengths,
+        audio=audio,
+        video=video,
+        text_features=text_features,
+        text_lengths=text_lengths,
+    )
 
 
 def _str(x) -> str:
@@ -125,7 +143,7 @@ def _pool_all(x: np.ndarray, lengths: np.ndarray, target: np.ndarray, t: int) ->
     """[N, L, D] with real lengths → [N, t, D], sample i pooled to target[i] steps."""
     out = np.zeros((len(x), t, x.shape[-1]), dtype=np.float32)
     for i in range(len(x)):
-        out[i, :target[i]] = pool_to_length(x[i, :lengths[i]], int(target[i]))
+        out[i, : target[i]] = pool_to_length(x[i, : lengths[i]], int(target[i]))
     return out
 
 

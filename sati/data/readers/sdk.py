@@ -10,17 +10,26 @@ the word, as MISA aligns); without one, the segment's frames average-pooled into
 as its text has words. An absent audio or video file gives zeros of ``audio_dim``/``video_dim``
 (listed in ``missing_modalities``); with both absent every sample has one zero step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from sati.data.h5format import SPLITS, DataError, SplitArrays
-from sati.data.readers.common import (DEFAULT_AUDIO_DIM, DEFAULT_VIDEO_DIM, TEXT_ONLY_NOTE, Source,
-                                      pad_stack, pool_to_length, sanitize, text_only_split, zeros_modality)
+from sati.data.readers.common import (
+    DEFAULT_AUDIO_DIM,
+    DEFAULT_VIDEO_DIM,
+    TEXT_ONLY_NOTE,
+    Source,
+    pad_stack,
+    pool_to_length,
+    sanitize,
+    text_only_split,
+    zeros_modality,
+)
 from sati.data.readers.csd import Csd, find_csd_files
 from sati.data.readers.folds import load_folds
 from sati.data.readers.label_csv import read_label_csv
@@ -36,13 +45,19 @@ class Segment:
     video: str
     label: float
     interval: tuple[float, float]
-    text: Optional[str] = None
-    words: Optional[np.ndarray] = None      # [L, 2] word intervals (with a words file)
+    text: str | None = None
+    words: np.ndarray | None = None  # [L, 2] word intervals (with a words file)
 
 
-def read_sdk(path: str | Path, *, text_csv: Optional[str | Path] = None, folds: Optional[str] = None,
-             audio_dim: int = DEFAULT_AUDIO_DIM, video_dim: int = DEFAULT_VIDEO_DIM,
-             drop_missing_text: bool = False) -> Source:
+def read_sdk(
+    path: str | Path,
+    *,
+    text_csv: str | Path | None = None,
+    folds: str | None = None,
+    audio_dim: int = DEFAULT_AUDIO_DIM,
+    video_dim: int = DEFAULT_VIDEO_DIM,
+    drop_missing_text: bool = False,
+) -> Source:
     """Read an SDK folder (or its label ``.csd``) into canonical splits."""
     path = Path(path)
     if not path.exists():
@@ -77,12 +92,17 @@ def read_sdk(path: str | Path, *, text_csv: Optional[str | Path] = None, folds: 
         notes.append(TEXT_ONLY_NOTE.format(audio_dim=audio_dim, video_dim=video_dim))
     elif missing:
         notes.append(f"{missing[0]} absent: zeros of dim {audio_dim if missing[0] == 'audio' else video_dim}")
-    provenance = {"format": "sdk", "files": {k: str(v) for k, v in files.items()},
-                  "text": str(text_csv) if text_csv else ("words .csd" if "words" in files else None),
-                  "folds": folds, "label_column": 0}
+    provenance = {
+        "format": "sdk",
+        "files": {k: str(v) for k, v in files.items()},
+        "text": str(text_csv) if text_csv else ("words .csd" if "words" in files else None),
+        "folds": folds,
+        "label_column": 0,
+    }
     inputs = list(files.values()) + ([Path(text_csv)] if text_csv else [])
-    return Source(splits=splits, name=name, provenance=provenance, missing_modalities=missing, notes=notes,
-                  inputs=inputs)
+    return Source(
+        splits=splits, name=name, provenance=provenance, missing_modalities=missing, notes=notes, inputs=inputs
+    )
 
 
 def label_segments(csd: Csd) -> list[Segment]:
@@ -93,8 +113,10 @@ def label_segments(csd: Csd) -> list[Segment]:
             raise DataError(f"{csd.path}: entry '{video}' is an aligned segment; pass the SDK's unaligned files")
         feats, ivals = csd.entry(video)
         labels = np.asarray(feats, dtype=np.float64)[:, 0]
-        out += [Segment(f"{video}_{i + 1}", video, float(y), (float(a), float(b)))
-                for i, (y, (a, b)) in enumerate(zip(labels, ivals))]
+        out += [
+            Segment(f"{video}_{i + 1}", video, float(y), (float(a), float(b)))
+            for i, (y, (a, b)) in enumerate(zip(labels, ivals))
+        ]
     return out
 
 
@@ -105,8 +127,10 @@ def _attach_text(segments, csv_rows, words_path, text_csv, drop: bool, notes: li
             s.text = row.text if row and row.text else None
         shared = [s for s in segments if s.id in csv_rows]
         diff = max((abs(csv_rows[s.id].label - s.label) for s in shared), default=0.0)
-        notes.append(f"text from {Path(text_csv).name}: {len(shared)} of {len(segments)} ids; "
-                     f"largest label difference to the .csd {diff:.2g} (the .csd labels are used)")
+        notes.append(
+            f"text from {Path(text_csv).name}: {len(shared)} of {len(segments)} ids; "
+            f"largest label difference to the .csd {diff:.2g} (the .csd labels are used)"
+        )
     if words_path is not None:
         with Csd(words_path) as words:
             for video, group in _by_video(segments).items():
@@ -126,11 +150,15 @@ def _attach_text(segments, csv_rows, words_path, text_csv, drop: bool, notes: li
     absent = [s.id for s in segments if not s.text]
     if absent and not drop:
         shown = ", ".join(absent[:10]) + (", …" if len(absent) > 10 else "")
-        raise MissingTextError(f"{text_csv or words_path}: text missing for {len(absent)} of {len(segments)} "
-                               f"segments: {shown}. Pass --drop-missing-text to leave them out of the dataset")
+        raise MissingTextError(
+            f"{text_csv or words_path}: text missing for {len(absent)} of {len(segments)} "
+            f"segments: {shown}. Pass --drop-missing-text to leave them out of the dataset"
+        )
     if absent:
-        notes.append(f"dropped {len(absent)} segments without text: {', '.join(absent[:10])}"
-                     + (", …" if len(absent) > 10 else ""))
+        notes.append(
+            f"dropped {len(absent)} segments without text: {', '.join(absent[:10])}"
+            + (", …" if len(absent) > 10 else "")
+        )
     return [s for s in segments if s.text]
 
 
@@ -139,8 +167,10 @@ def _splits(segments, csv_rows, folds, text_csv, notes: list[str]) -> dict[str, 
         by_video, where = load_folds(folds)
         outside = sorted({s.video for s in segments} - set(by_video))
         if outside:
-            raise DataError(f"{where}: {len(outside)} videos of the labels are in no fold (e.g. "
-                            f"{', '.join(outside[:5])}); for another dataset pass --folds FILE with its folds")
+            raise DataError(
+                f"{where}: {len(outside)} videos of the labels are in no fold (e.g. "
+                f"{', '.join(outside[:5])}); for another dataset pass --folds FILE with its folds"
+            )
         notes.append(f"splits from the folds {where}")
         return {s.id: by_video[s.video] for s in segments}
     if csv_rows is not None and all(csv_rows[s.id].split for s in segments):
@@ -170,8 +200,8 @@ def _align(csd: Csd, segments) -> dict[str, np.ndarray]:
         csum = np.concatenate([np.zeros((1, feats.shape[1])), np.cumsum(feats, 0, dtype=np.float64)])
         for s in group:
             if s.words is not None and len(s.words):
-                lo = np.searchsorted(ends, s.words[:, 0], side="right")      # first frame ending after the word starts
-                hi = np.searchsorted(starts, s.words[:, 1], side="left")     # frames starting before it ends
+                lo = np.searchsorted(ends, s.words[:, 0], side="right")  # first frame ending after the word starts
+                hi = np.searchsorted(starts, s.words[:, 1], side="left")  # frames starting before it ends
                 hi = np.maximum(hi, lo)
                 out[s.id] = ((csum[hi] - csum[lo]) / np.maximum(hi - lo, 1)[:, None]).astype(np.float32)
             else:
