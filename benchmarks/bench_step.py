@@ -38,7 +38,7 @@ from sati.config import AblationConfig, LossConfig, ModelConfig  # noqa: E402
 from sati.data.dataset import SplitDataset, tokenize  # noqa: E402
 from sati.data.synth import generate  # noqa: E402
 from sati.model.sati import SATI, SATIOutput  # noqa: E402
-from sati.model.text import load_tokenizer  # noqa: E402
+from sati.pretrained import load_tokenizer  # noqa: E402
 from tests import reference_losses as ref  # noqa: E402
 from tests.tiny_text_encoder import build_tiny_text_encoder  # noqa: E402
 

@@ -26,7 +26,7 @@ from sati.data.dataset import SplitDataset, tokenize
 from sati.data.h5format import DataError, SplitArrays
 from sati.devices import resolve_device
 from sati.model import SATI
-from sati.model.text import PRECOMPUTED, load_tokenizer
+from sati.pretrained import PRECOMPUTED, load_tokenizer
 from sati.trainer import predict
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ def export_text_encoder(name: str, out_dir: str | Path) -> Path:
     """Write the text encoder's ``config.json`` and tokenizer files (no weights) to ``out_dir``."""
     from transformers import AutoConfig
 
-    from sati.model.text import resolve_text_encoder
+    from sati.pretrained import resolve_text_encoder
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

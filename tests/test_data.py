@@ -11,7 +11,7 @@ from sati.cli import main
 from sati.data.dataset import SplitDataset, tokenize
 from sati.data.h5format import DataError, read_info, read_split, write_dataset
 from sati.data.synth import PRESETS, generate
-from sati.model.text import load_tokenizer
+from sati.pretrained import load_tokenizer
 
 
 def test_synth_cli_writes_a_mosi_sized_file(tmp_path, capsys):

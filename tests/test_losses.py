@@ -367,7 +367,7 @@ def tiny_encoder_dir(tiny_encoder):
 def token_split(tiny_encoder_dir):
     from sati.data.dataset import SplitDataset, tokenize
     from sati.data.synth import generate
-    from sati.model.text import load_tokenizer
+    from sati.pretrained import load_tokenizer
 
     arrays = generate("mosi", scale=0.03, seed=0)["train"]
     tokens = tokenize(load_tokenizer(str(tiny_encoder_dir)), arrays.text, 50)

@@ -15,7 +15,7 @@ from sati.data.dataset import tokenize
 from sati.data.h5format import list_tokens, read_info, read_split
 from sati.data.pretokenize import stored_tokens, tokenizer_fingerprint
 from sati.data.readers.label_csv import read_label_csv
-from sati.model.text import load_tokenizer
+from sati.pretrained import load_tokenizer
 from sati.trainer import fit
 from tests.source_files import write_misa, write_mmsa
 from tests.test_readers import MISSING_FROM_CSV, shared_mosi

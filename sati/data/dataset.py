@@ -1,4 +1,4 @@
-"""In-memory split, the ``Batch`` the model reads, and padding with masks.
+"""In-memory split, tokens, and padding with masks into the ``Batch`` the model reads.
 
 The time axis is shared by all modalities (the FBP gate is position-wise). A sample's text and
 audio/video may differ in length; its sequence is as long as the longer of the two, and the
@@ -8,37 +8,13 @@ the audio/video (``av_mask``). Text is tokenized once per split, never per batch
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from sati.batch import Batch
 from sati.data.h5format import SplitArrays
-
-
-@dataclass
-class Batch:
-    """B samples padded to T steps."""
-
-    audio: torch.Tensor  # [B, T, D_a] float, zero past av_mask
-    video: torch.Tensor  # [B, T, D_v] float, zero past av_mask
-    av_mask: torch.Tensor  # [B, T] bool, True for real audio/video steps
-    text_mask: torch.Tensor  # [B, T] bool, True for real text tokens / feature rows
-    mask: torch.Tensor  # [B, T] bool, text_mask | av_mask
-    labels: torch.Tensor  # [B] float
-    ids: list[str]
-    text_ids: torch.Tensor | None = None  # [B, T] long, pad id past text_mask
-    text_features: torch.Tensor | None = None  # [B, T, D_t] float, zero past text_mask
-
-    def to(self, device: torch.device | str) -> Batch:
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for k, v in moved.items():
-            if isinstance(v, torch.Tensor):
-                moved[k] = v.to(device, non_blocking=True)
-        return Batch(**moved)
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 @dataclass

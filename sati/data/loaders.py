@@ -19,7 +19,7 @@ from sati.data.checks import check_feature_dims
 from sati.data.dataset import SplitDataset, tokenize
 from sati.data.h5format import DataError, DatasetInfo, read_info, read_split
 from sati.data.pretokenize import stored_tokens, tokenizer_fingerprint
-from sati.model.text import PRECOMPUTED, load_tokenizer
+from sati.pretrained import PRECOMPUTED, load_tokenizer
 
 
 def ensure_dataset(cfg: PipelineConfig) -> Path:

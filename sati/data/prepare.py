@@ -74,7 +74,7 @@ def prepare(
     tokens: dict[str, list[StoredTokens]] = {}
     if tokenizer:
         from sati.data.pretokenize import pretokenize, tokenizer_fingerprint
-        from sati.model.text import load_tokenizer
+        from sati.pretrained import load_tokenizer
 
         tok = load_tokenizer(tokenizer)
         fingerprint = tokenizer_fingerprint(tok)

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sati.batch import Batch
 from sati.config import AblationConfig, ModelConfig
-from sati.data.dataset import Batch
 from sati.model.layers import CrossAttention, FBPGate, GateHead, PositionalEncoding, reverse_grad
-from sati.model.text import PRECOMPUTED, HFTextEncoder, PrecomputedText
+from sati.model.text import HFTextEncoder, PrecomputedText
+from sati.pretrained import PRECOMPUTED
 
 MODALITIES = ("text", "audio", "video")  # discriminator labels 0, 1, 2
 
