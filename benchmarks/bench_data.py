@@ -36,8 +36,8 @@ from benchmarks.bench_step import machine  # noqa: E402
 from sati.config import from_dict  # noqa: E402
 from sati.data.h5format import read_info  # noqa: E402
 from sati.data.loaders import load_split_datasets, make_loader  # noqa: E402
-from sati.data.prepare import prepare  # noqa: E402
 from sati.data.synth import generate  # noqa: E402
+from sati.ingest.prepare import prepare_dataset  # noqa: E402
 from tests.tiny_text_encoder import build_tiny_text_encoder  # noqa: E402
 
 BATCH = 64
@@ -97,7 +97,7 @@ def main() -> None:
 
         stamps: list[tuple[float, str]] = []
         t0 = time.perf_counter()
-        prepare(
+        prepare_dataset(
             "mmsa",
             pkl,
             out,

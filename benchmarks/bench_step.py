@@ -35,8 +35,9 @@ import torch  # noqa: E402
 
 from sati import losses  # noqa: E402
 from sati.config import AblationConfig, LossConfig, ModelConfig  # noqa: E402
-from sati.data.dataset import SplitDataset, tokenize  # noqa: E402
+from sati.data.dataset import SplitDataset  # noqa: E402
 from sati.data.synth import generate  # noqa: E402
+from sati.data.tokens import tokenize  # noqa: E402
 from sati.model.sati import SATI, SATIOutput  # noqa: E402
 from sati.pretrained import load_tokenizer  # noqa: E402
 from tests import reference_losses as ref  # noqa: E402

@@ -22,8 +22,9 @@ import torch
 
 from sati.checkpoint import load_checkpoint
 from sati.config import PipelineConfig, from_dict
-from sati.data.dataset import SplitDataset, tokenize
+from sati.data.dataset import SplitDataset
 from sati.data.h5format import DataError, SplitArrays
+from sati.data.tokens import tokenize
 from sati.devices import resolve_device
 from sati.model import SATI
 from sati.pretrained import PRECOMPUTED, load_tokenizer

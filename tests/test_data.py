@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from sati.cli import main
-from sati.data.dataset import SplitDataset, tokenize
+from sati.data.dataset import SplitDataset
 from sati.data.h5format import DataError, read_info, read_split, write_dataset
 from sati.data.synth import PRESETS, generate
+from sati.data.tokens import tokenize
 from sati.pretrained import load_tokenizer
 
 

@@ -365,8 +365,9 @@ def tiny_encoder_dir(tiny_encoder):
 
 @pytest.fixture(scope="module")
 def token_split(tiny_encoder_dir):
-    from sati.data.dataset import SplitDataset, tokenize
+    from sati.data.dataset import SplitDataset
     from sati.data.synth import generate
+    from sati.data.tokens import tokenize
     from sati.pretrained import load_tokenizer
 
     arrays = generate("mosi", scale=0.03, seed=0)["train"]

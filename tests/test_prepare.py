@@ -11,10 +11,9 @@ import pytest
 
 import sati.data.loaders as loaders
 from sati.cli import main
-from sati.data.dataset import tokenize
 from sati.data.h5format import list_tokens, read_info, read_split
-from sati.data.pretokenize import stored_tokens, tokenizer_fingerprint
-from sati.data.readers.label_csv import read_label_csv
+from sati.data.tokens import stored_tokens, tokenize, tokenizer_fingerprint
+from sati.ingest.readers.label_csv import read_label_csv
 from sati.pretrained import load_tokenizer
 from sati.trainer import fit
 from tests.source_files import write_misa, write_mmsa

@@ -12,14 +12,14 @@ import h5py
 import numpy as np
 import pytest
 
-from sati.data.checks import check_dataset, check_feature_dims
-from sati.data.h5format import DataError
-from sati.data.readers import read_source
-from sati.data.readers.csd import Csd
-from sati.data.readers.folds import load_folds
-from sati.data.readers.label_csv import read_label_csv
-from sati.data.readers.sdk import MissingTextError, label_segments, read_sdk
+from sati.data.h5format import DataError, check_feature_dims
 from sati.data.synth import generate
+from sati.ingest.checks import check_dataset
+from sati.ingest.readers import read_source
+from sati.ingest.readers.csd import Csd
+from sati.ingest.readers.folds import load_folds
+from sati.ingest.readers.label_csv import read_label_csv
+from sati.ingest.readers.sdk import MissingTextError, label_segments, read_sdk
 from tests.source_files import mmsa_split, write_csd, write_misa, write_mmsa
 
 MISSING_FROM_CSV = ["2WGyTLYerpo_44", "5W7Z1C_fDaE_24", "BioHAh1qJAQ_30", "lXPQBPVc5Cw_30"]

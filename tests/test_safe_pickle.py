@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from sati.data.h5format import DataError
-from sati.data.readers import read_source
-from sati.data.safe_pickle import UnsafePickleError, load_pickle
+from sati.ingest.readers import read_source
+from sati.ingest.safe_pickle import UnsafePickleError, load_pickle
 
 
 class _RunsCommand:

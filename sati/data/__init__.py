@@ -1,1 +1,1 @@
-"""Dataset file format, readers of other tools' files, generated data, and batching."""
+"""The training path's data: the dataset file format, splits in memory, tokens, loaders, generated data."""

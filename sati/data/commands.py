@@ -89,10 +89,10 @@ def _synth(args) -> int:
 
 
 def _prepare(args) -> int:
-    from sati.data.prepare import prepare
+    from sati.ingest.prepare import prepare_dataset
 
     print(f"reading {args.path} as {args.source_format}")
-    prepare(
+    prepare_dataset(
         args.source_format,
         args.path,
         args.out,
@@ -112,9 +112,8 @@ def _prepare(args) -> int:
 
 
 def _inspect(args) -> int:
-    from sati.data.checks import check_feature_dims
-    from sati.data.h5format import read_info
-    from sati.data.inspection import inspect_dataset
+    from sati.data.h5format import check_feature_dims, read_info
+    from sati.ingest.inspection import inspect_dataset
 
     lines, ok = inspect_dataset(args.file)
     print("\n".join(lines))

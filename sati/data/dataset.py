@@ -1,4 +1,4 @@
-"""In-memory split, tokens, and padding with masks into the ``Batch`` the model reads.
+"""One split in memory, and padding with masks into the ``Batch`` the model reads.
 
 The time axis is shared by all modalities (the FBP gate is position-wise). A sample's text and
 audio/video may differ in length; its sequence is as long as the longer of the two, and the
@@ -8,39 +8,12 @@ the audio/video (``av_mask``). Text is tokenized once per split, never per batch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from sati.batch import Batch
 from sati.data.h5format import SplitArrays
-
-
-@dataclass
-class Tokens:
-    """A split's texts tokenized once: ids [N, L] padded with ``pad_id``, lengths [N]."""
-
-    ids: np.ndarray
-    lengths: np.ndarray
-    pad_id: int
-
-
-def tokenize(tokenizer, texts: list[str], max_tokens: int) -> Tokens:
-    """Tokenize every text in one batched call (specials included, truncated to ``max_tokens``)."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    enc = tokenizer(
-        texts,
-        add_special_tokens=True,
-        truncation=True,
-        max_length=max_tokens,
-        padding="longest",
-        return_tensors="np",
-        return_attention_mask=True,
-    )
-    return Tokens(
-        ids=enc["input_ids"].astype(np.int64), lengths=enc["attention_mask"].sum(1).astype(np.int64), pad_id=int(pad_id)
-    )
+from sati.data.tokens import Tokens
 
 
 class SplitDataset:

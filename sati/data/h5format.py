@@ -85,7 +85,7 @@ class StoredTokens:
     """One split's texts tokenized by one tokenizer: ids [N, L] padded with ``pad_id``, lengths [N]."""
 
     tokenizer: str  # the name or folder given to prepare
-    fingerprint: str  # sati.data.pretokenize.tokenizer_fingerprint
+    fingerprint: str  # sati.data.tokens.tokenizer_fingerprint
     max_length: int  # truncation length, specials included
     pad_id: int
     truncated: int  # samples cut to max_length
@@ -351,3 +351,28 @@ def check_split(path: Path | str, split: str, s: SplitArrays) -> None:
                 dup.append(i)
             seen.add(i)
         raise DataError(f"{path}: '{split}/ids' has {n - len(set(s.ids))} duplicate ids (e.g. {', '.join(dup[:5])})")
+
+
+def check_feature_dims(
+    source: str,
+    audio_dim: int,
+    video_dim: int,
+    *,
+    expect_audio: int | None = None,
+    expect_video: int | None = None,
+    audio_heads: int | None = None,
+    video_heads: int | None = None,
+) -> None:
+    """A file's dims against expected dims (``--expect-audio-dim``) and encoder heads that must divide them."""
+    for name, have, want, heads in (
+        ("audio", audio_dim, expect_audio, audio_heads),
+        ("video", video_dim, expect_video, video_heads),
+    ):
+        if want is not None and have != want:
+            raise DataError(f"{source}: {name} features are {have}-d, expected {want}-d")
+        if heads is not None and have % heads:
+            choices = [d for d in range(1, min(have, 8) + 1) if have % d == 0]
+            raise DataError(
+                f"{source}: model.{name}_heads = {heads} does not divide the feature dim {have} "
+                f"of its {name}; choose one of {choices}"
+            )

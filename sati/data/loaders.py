@@ -1,7 +1,7 @@
 """From ``cfg.data`` to batches: open the dataset file once, tokenize each split at most once.
 
 Text tokenized by ``sati data prepare --tokenizer`` is read from the file when it matches the
-model's tokenizer and ``data.max_text_tokens`` (``sati.data.pretokenize``); otherwise each split is
+model's tokenizer and ``data.max_text_tokens`` (``sati.data.tokens``); otherwise each split is
 tokenized here, once. The trainer asks for ``("train", "valid")``; only evaluation asks for ``"test"``.
 """
 
@@ -15,10 +15,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from sati.config import PipelineConfig
-from sati.data.checks import check_feature_dims
-from sati.data.dataset import SplitDataset, tokenize
-from sati.data.h5format import DataError, DatasetInfo, read_info, read_split
-from sati.data.pretokenize import stored_tokens, tokenizer_fingerprint
+from sati.data.dataset import SplitDataset
+from sati.data.h5format import DataError, DatasetInfo, check_feature_dims, read_info, read_split
+from sati.data.tokens import stored_tokens, tokenize, tokenizer_fingerprint
 from sati.pretrained import PRECOMPUTED, load_tokenizer
 
 

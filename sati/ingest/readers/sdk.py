@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sati.data.h5format import SPLITS, DataError, SplitArrays
-from sati.data.readers.common import (
+from sati.ingest.readers.common import (
     DEFAULT_AUDIO_DIM,
     DEFAULT_VIDEO_DIM,
     TEXT_ONLY_NOTE,
@@ -30,9 +30,9 @@ from sati.data.readers.common import (
     text_only_split,
     zeros_modality,
 )
-from sati.data.readers.csd import Csd, find_csd_files
-from sati.data.readers.folds import load_folds
-from sati.data.readers.label_csv import read_label_csv
+from sati.ingest.readers.csd import Csd, find_csd_files
+from sati.ingest.readers.folds import load_folds
+from sati.ingest.readers.label_csv import read_label_csv
 
 
 class MissingTextError(DataError):

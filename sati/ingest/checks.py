@@ -1,8 +1,7 @@
 """Checks on a whole dataset, with errors that name the file, the key and what was expected.
 
-``check_dataset`` runs before ``sati data prepare`` writes a file; ``check_feature_dims`` compares a
-file's dims with what a user or a model config expects (the loader calls it with the model's heads).
-Per-split checks (rows, label range, lengths, duplicate ids) are ``h5format.check_split``.
+``check_dataset`` runs before ``sati data prepare`` writes a file. Per-split checks (rows, label range,
+lengths, duplicate ids) and feature dims are ``sati.data.h5format.check_split`` and ``check_feature_dims``.
 """
 
 from __future__ import annotations
@@ -42,28 +41,3 @@ def check_dataset(splits: dict[str, SplitArrays], source: str) -> None:
 
 def _dim(x) -> str:
     return "absent" if x is None else f"{x.shape[-1]}-d"
-
-
-def check_feature_dims(
-    source: str,
-    audio_dim: int,
-    video_dim: int,
-    *,
-    expect_audio: int | None = None,
-    expect_video: int | None = None,
-    audio_heads: int | None = None,
-    video_heads: int | None = None,
-) -> None:
-    """A file's dims against expected dims (``--expect-audio-dim``) and encoder heads that must divide them."""
-    for name, have, want, heads in (
-        ("audio", audio_dim, expect_audio, audio_heads),
-        ("video", video_dim, expect_video, video_heads),
-    ):
-        if want is not None and have != want:
-            raise DataError(f"{source}: {name} features are {have}-d, expected {want}-d")
-        if heads is not None and have % heads:
-            choices = [d for d in range(1, min(have, 8) + 1) if have % d == 0]
-            raise DataError(
-                f"{source}: model.{name}_heads = {heads} does not divide the feature dim {have} "
-                f"of its {name}; choose one of {choices}"
-            )

@@ -8,10 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sati.data.checks import check_dataset, check_feature_dims
-from sati.data.h5format import StoredTokens, write_dataset
-from sati.data.readers import read_source
-from sati.data.readers.common import Source
+import numpy as np
+
+from sati.data.h5format import StoredTokens, check_feature_dims, write_dataset
+from sati.data.tokens import tokenize, tokenizer_fingerprint
+from sati.ingest.checks import check_dataset
+from sati.ingest.readers import read_source
+from sati.ingest.readers.common import Source
 
 # Reader options and the formats that take them (anything else is refused, not ignored).
 OPTION_FORMATS = {
@@ -40,7 +43,7 @@ class Prepared:
     tokens: dict[str, list[StoredTokens]]
 
 
-def prepare(
+def prepare_dataset(
     kind: str,
     path: str | Path,
     out: str | Path,
@@ -73,7 +76,6 @@ def prepare(
 
     tokens: dict[str, list[StoredTokens]] = {}
     if tokenizer:
-        from sati.data.pretokenize import pretokenize, tokenizer_fingerprint
         from sati.pretrained import load_tokenizer
 
         tok = load_tokenizer(tokenizer)
@@ -117,3 +119,26 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def pretokenize(
+    tokenizer, name: str, texts: list[str], max_tokens: int, fingerprint: str | None = None
+) -> StoredTokens:
+    """Tokenize ``texts`` as the loader would (``tokenize``) and count the samples it truncates."""
+    tokens = tokenize(tokenizer, texts, max_tokens)
+    # Only a text that fills the budget may have been cut: tokenize those again with one more slot.
+    full = np.flatnonzero(tokens.lengths >= max_tokens)
+    truncated = (
+        int((tokenize(tokenizer, [texts[i] for i in full], max_tokens + 1).lengths > max_tokens).sum())
+        if len(full)
+        else 0
+    )
+    return StoredTokens(
+        tokenizer=name,
+        fingerprint=fingerprint or tokenizer_fingerprint(tokenizer),
+        max_length=max_tokens,
+        pad_id=tokens.pad_id,
+        truncated=truncated,
+        ids=tokens.ids,
+        lengths=tokens.lengths,
+    )

@@ -5,14 +5,14 @@
 - ``sdk``:  CMU-MultimodalSDK ``.csd`` folder (``readers.sdk``), text from ``label.csv`` or words
 - ``csv``:  MMSA ``label.csv`` alone: a text-only dataset (``readers.label_csv``)
 
-Pickles are read with ``sati.data.safe_pickle`` only.
+Pickles are read with ``sati.ingest.safe_pickle`` only.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sati.data.readers.common import Source
+from sati.ingest.readers.common import Source
 
 FORMATS = ("mmsa", "misa", "sdk", "csv")
 
@@ -20,19 +20,19 @@ FORMATS = ("mmsa", "misa", "sdk", "csv")
 def read_source(kind: str, path: str | Path, **options) -> Source:
     """Read ``path`` as ``kind``; ``options`` go to that reader (see each reader's signature)."""
     if kind == "mmsa":
-        from sati.data.readers.mmsa import read_mmsa
+        from sati.ingest.readers.mmsa import read_mmsa
 
         return read_mmsa(path, **options)
     if kind == "misa":
-        from sati.data.readers.misa import read_misa
+        from sati.ingest.readers.misa import read_misa
 
         return read_misa(path, **options)
     if kind == "sdk":
-        from sati.data.readers.sdk import read_sdk
+        from sati.ingest.readers.sdk import read_sdk
 
         return read_sdk(path, **options)
     if kind == "csv":
-        from sati.data.readers.label_csv import read_label_csv_dataset
+        from sati.ingest.readers.label_csv import read_label_csv_dataset
 
         return read_label_csv_dataset(path, **options)
     raise ValueError(f"unknown source format {kind!r}; expected one of {', '.join(FORMATS)}")

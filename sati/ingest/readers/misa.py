@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from sati.data.h5format import DataError, SplitArrays
-from sati.data.readers.common import Source, order_splits, pad_stack, sanitize
-from sati.data.safe_pickle import load_pickle
+from sati.ingest.readers.common import Source, order_splits, pad_stack, sanitize
+from sati.ingest.safe_pickle import load_pickle
 
 FILES = {"train": ("train.pkl",), "valid": ("dev.pkl", "valid.pkl"), "test": ("test.pkl",)}
 _SEGMENT = re.compile(r"(.*)\[(\d+)\]$")

@@ -1,4 +1,4 @@
-"""Tokenize once at prepare time; reuse the stored tokens at load time when they are exactly right.
+"""Token ids of a split: tokenize once per split, or reuse the tokens ``sati data prepare`` stored.
 
 Stored tokens are used for a split only when (1) the stored tokenizer fingerprint equals the
 fingerprint of the tokenizer the model loads (the name does not matter: ``roberta-base`` and a local
@@ -11,12 +11,38 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from sati.data.dataset import Tokens, tokenize
-from sati.data.h5format import StoredTokens, list_tokens, read_tokens
+from sati.data.h5format import list_tokens, read_tokens
+
+
+@dataclass
+class Tokens:
+    """A split's texts tokenized once: ids [N, L] padded with ``pad_id``, lengths [N]."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+    pad_id: int
+
+
+def tokenize(tokenizer, texts: list[str], max_tokens: int) -> Tokens:
+    """Tokenize every text in one batched call (specials included, truncated to ``max_tokens``)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    enc = tokenizer(
+        texts,
+        add_special_tokens=True,
+        truncation=True,
+        max_length=max_tokens,
+        padding="longest",
+        return_tensors="np",
+        return_attention_mask=True,
+    )
+    return Tokens(
+        ids=enc["input_ids"].astype(np.int64), lengths=enc["attention_mask"].sum(1).astype(np.int64), pad_id=int(pad_id)
+    )
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -38,29 +64,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
         blob = json.dumps(sorted(tokenizer.get_vocab().items()))
     extra = json.dumps([type(tokenizer).__name__, tokenizer.pad_token_id, getattr(tokenizer, "do_lower_case", None)])
     return hashlib.sha256((blob + extra).encode()).hexdigest()[:16]
-
-
-def pretokenize(
-    tokenizer, name: str, texts: list[str], max_tokens: int, fingerprint: str | None = None
-) -> StoredTokens:
-    """Tokenize ``texts`` as the loader would (``tokenize``) and count the samples it truncates."""
-    tokens = tokenize(tokenizer, texts, max_tokens)
-    # Only a text that fills the budget may have been cut: tokenize those again with one more slot.
-    full = np.flatnonzero(tokens.lengths >= max_tokens)
-    truncated = (
-        int((tokenize(tokenizer, [texts[i] for i in full], max_tokens + 1).lengths > max_tokens).sum())
-        if len(full)
-        else 0
-    )
-    return StoredTokens(
-        tokenizer=name,
-        fingerprint=fingerprint or tokenizer_fingerprint(tokenizer),
-        max_length=max_tokens,
-        pad_id=tokens.pad_id,
-        truncated=truncated,
-        ids=tokens.ids,
-        lengths=tokens.lengths,
-    )
 
 
 def stored_tokens(path: str | Path, split: str, fingerprint: str, max_tokens: int) -> Tokens | None:

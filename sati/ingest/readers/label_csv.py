@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from sati.data.h5format import SPLITS, DataError
-from sati.data.readers.common import (
+from sati.ingest.readers.common import (
     DEFAULT_AUDIO_DIM,
     DEFAULT_VIDEO_DIM,
     TEXT_ONLY_NOTE,

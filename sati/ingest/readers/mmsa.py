@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from sati.data.h5format import DataError, SplitArrays
-from sati.data.readers.common import Source, order_splits, pool_to_length, sanitize, split_name
-from sati.data.safe_pickle import load_pickle
+from sati.ingest.readers.common import Source, order_splits, pool_to_length, sanitize, split_name
+from sati.ingest.safe_pickle import load_pickle
 
 REQUIRED = ("raw_text", "id", "audio", "vision", "regression_labels")
 

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from sati.data.h5format import DataError
-from sati.data.readers.common import split_name
+from sati.ingest.readers.common import split_name
 
 BUNDLED = {"standard": "cmu_mosi_std_folds.json"}  # CMU-MultimodalSDK's CMU-MOSI folds (MIT)
 
@@ -20,7 +20,7 @@ BUNDLED = {"standard": "cmu_mosi_std_folds.json"}  # CMU-MultimodalSDK's CMU-MOS
 def load_folds(spec: str) -> tuple[dict[str, str], str]:
     """``standard`` or a JSON path → ({video id: split}, where the folds came from)."""
     if spec in BUNDLED:
-        text = (resources.files("sati.data") / "folds" / BUNDLED[spec]).read_text()
+        text = (resources.files("sati.ingest") / "folds" / BUNDLED[spec]).read_text()
         where = f"{spec} (CMU-MOSI SDK folds, bundled)"
     else:
         path = Path(spec)
