@@ -1,22 +1,17 @@
-"""`sati promote`, `sati evaluate`, `sati predict` (registered by sati.cli)."""
+"""``sati promote``, ``sati evaluate``, ``sati predict``: commands on registered models and trial runs."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
-
-def _add_tracking(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking and registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
-    )
+from sati.cli.options import add_tracking_uri
 
 
-def add_model_commands(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     promote = sub.add_parser("promote", help="register the best trial of a search and move the champion alias")
     promote.add_argument(
         "source", nargs="?", help="a search's MLflow parent run id, or an experiment name (every finished search in it)"
@@ -47,7 +42,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     promote.add_argument("--data", help="the search's dataset file, if not at the path the search used")
     promote.add_argument("--address", help="Ray cluster for the --seeds trials (default: the search's ray_address)")
     promote.add_argument("--rollback", action="store_true", help="move 'champion' back to the previous champion")
-    _add_tracking(promote)
+    add_tracking_uri(promote)
+    promote.set_defaults(run=_with_tracking(_promote))
 
     evaluate = sub.add_parser("evaluate", help="the paper's table for one or more models on a split")
     evaluate.add_argument(
@@ -79,25 +75,32 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--experiment", help="MLflow experiment of the evaluation run (default: the model's own)")
     evaluate.add_argument("--no-log", action="store_true", help="do not log an MLflow run")
-    _add_tracking(evaluate)
+    add_tracking_uri(evaluate)
+    evaluate.set_defaults(run=_with_tracking(_evaluate))
 
     predict = sub.add_parser("predict", help="write predictions (id, score, seven-class label) to CSV")
     predict.add_argument("model", metavar="MODEL_URI")
     predict.add_argument("--data", required=True, help="a SATI dataset file")
     predict.add_argument("--split", action="append", default=[], help="split(s) to predict (default: all in the file)")
     predict.add_argument("--out", required=True, help="output CSV")
-    _add_tracking(predict)
+    add_tracking_uri(predict)
+    predict.set_defaults(run=_with_tracking(_predict))
 
 
-def run_model_command(args) -> int:
-    import os
+def _with_tracking(command: Callable[[argparse.Namespace, str], int]) -> Callable[[argparse.Namespace], int]:
+    """``command(args, uri)`` behind a check that the tracking store answers."""
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from sati.tracking import check_reachable, resolve_uri
+    def run(args: argparse.Namespace) -> int:
+        import os
 
-    uri = resolve_uri(args.tracking_uri)
-    check_reachable(uri)
-    return {"promote": _promote, "evaluate": _evaluate, "predict": _predict}[args.command](args, uri)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        from sati.tracking import check_reachable, resolve_uri
+
+        uri = resolve_uri(args.tracking_uri)
+        check_reachable(uri)
+        return command(args, uri)
+
+    return run
 
 
 def _promote(args, uri: str) -> int:

@@ -1,13 +1,14 @@
-"""`sati data ...` subcommands (registered by sati.cli): synth, prepare, inspect."""
+"""``sati data synth | prepare | inspect``: generated data, importing other tools' files, inspecting a file."""
 
 from __future__ import annotations
 
 import argparse
 
 
-def add_data_commands(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write a generated dataset with a learnable signal")
+    synth.set_defaults(run=_synth)
     synth.add_argument("--out", required=True, help="output .h5 path")
     synth.add_argument("--preset", choices=["mosi", "mosei"], default="mosi")
     synth.add_argument("--seed", type=int, default=0)
@@ -21,6 +22,7 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     )
 
     prep = data.add_parser("prepare", help="read MMSA / MISA / SDK / label.csv files, check, write one dataset file")
+    prep.set_defaults(run=_prepare)
     prep.add_argument(
         "--from",
         dest="source_format",
@@ -57,6 +59,7 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     _add_expect(prep)
 
     insp = data.add_parser("inspect", help="splits, counts, dims, lengths, label histogram, checksum check")
+    insp.set_defaults(run=_inspect)
     insp.add_argument("file", help="a SATI dataset .h5")
     _add_expect(insp)
 
@@ -64,16 +67,6 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
 def _add_expect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expect-audio-dim", type=int, metavar="N", help="fail unless audio features are N-d")
     p.add_argument("--expect-video-dim", type=int, metavar="N", help="fail unless video features are N-d")
-
-
-def run_data_command(args: argparse.Namespace) -> int:
-    if args.data_command == "synth":
-        return _synth(args)
-    if args.data_command == "prepare":
-        return _prepare(args)
-    if args.data_command == "inspect":
-        return _inspect(args)
-    raise ValueError(f"unknown data command {args.data_command!r}")
 
 
 def _synth(args) -> int:

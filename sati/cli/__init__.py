@@ -1,0 +1,37 @@
+"""Command line: ``sati train | config | search | promote | evaluate | predict | data ...``.
+
+One module per group of subcommands; each has ``add_parsers(subparsers)`` and sets ``run`` on its
+parsers to the function that runs the command. A mistake a user can fix (a bad file, key, value,
+run id or model name) ends with one ``error:`` line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sati.cli import data, models, search, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sati`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="sati", description="SATI multimodal sentiment: train, search, promote")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in (train, search, models, data):
+        group.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status."""
+    args = build_parser().parse_args(argv)
+    from sati.checkpoint import CheckpointError
+    from sati.config import ConfigError
+    from sati.data.h5format import DataError
+    from sati.tracking import TrackingError
+
+    try:
+        return args.run(args)
+    except (ConfigError, DataError, CheckpointError, TrackingError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
