@@ -9,33 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sati.provenance import versions
+
 FORMAT_VERSION = 1
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, or not a SATI checkpoint."""
-
-
-def versions() -> dict[str, str]:
-    import numpy
-    import transformers
-
-    import sati
-
-    return {
-        "sati": sati.__version__,
-        "torch": str(torch.__version__),
-        "transformers": transformers.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def atomic_write(path: Path, write) -> None:

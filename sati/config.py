@@ -11,19 +11,31 @@ Paper symbols: ``loss.consistency_weight`` α, ``loss.temporal_weight`` β, ``lo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from sati.metrics import HIGHER_IS_BETTER, PAPER_METRICS
+
 
 class ConfigError(ValueError):
     """A pipeline file or override that does not match the schema."""
+
+
+SELECTION_METRICS = tuple(f"valid/{m}" for m in PAPER_METRICS)
+
+
+def metric_direction(metric: str) -> Literal["min", "max"]:
+    """``min`` for a metric that is better when lower (MAE), ``max`` otherwise; ``metric`` is ``<split>/<name>``."""
+    return "max" if HIGHER_IS_BETTER[metric.rsplit("/", 1)[-1]] else "min"
 
 
 def _spec(default: Any = dataclasses.MISSING, *, ge=None, gt=None, le=None, lt=None, help: str = ""):
@@ -112,12 +124,25 @@ class TrainConfig:
     clip_mode: Literal["value", "norm", "none"] = _spec("value")
     clip: float = _spec(1.0, gt=0.0)
     patience: int = _spec(10, ge=0, help="epochs without improvement before stopping; 0 never stops")
-    selection_metric: str = _spec("valid/mae", help="a valid/* metric key")
-    selection_mode: Literal["min", "max"] = _spec("min")
+    selection_metric: str = _spec(
+        "valid/mae",
+        help="the validation metric that picks the best epoch's checkpoint, ranks search trials and "
+        "promotes a model: valid/<mae|corr|acc2_has0|acc2_non0|f1_has0|f1_non0|acc7|acc5>",
+    )
+    selection_mode: Literal["auto", "min", "max"] = _spec(
+        "auto", help="auto: from the metric (min for mae, max for the others); an explicit value must agree"
+    )
     device: str = _spec("auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N, mps")
     precision: Literal["auto", "fp32", "bf16"] = _spec("auto", help="auto: bf16 autocast on CUDA")
     max_steps_per_epoch: int | None = _spec(None, ge=1, help="cap for smoke runs")
     out_dir: str = _spec("runs/sati")
+
+    @property
+    def selection_direction(self) -> Literal["min", "max"]:
+        """``selection_mode`` with ``auto`` resolved from the metric (``min`` for MAE, else ``max``)."""
+        if self.selection_mode != "auto":
+            return self.selection_mode
+        return metric_direction(self.selection_metric)
 
 
 @dataclass(frozen=True)
@@ -129,8 +154,6 @@ class ResourcesConfig:
 @dataclass(frozen=True)
 class SearchConfig:
     space: str | None = _spec(None, help="search space YAML (dotted config keys → distributions)")
-    metric: str = _spec("valid/mae", help="a valid/* metric; the search never sees test metrics")
-    mode: Literal["min", "max"] = _spec("min")
     num_samples: int = _spec(8, ge=1, help="number of trials")
     max_concurrent: int = _spec(2, ge=1, help="trials running at once")
     scheduler: Literal["asha", "hyperband", "fifo"] = _spec("asha")
@@ -181,7 +204,7 @@ class PipelineConfig:
         """A copy with dotted-key overrides applied and validated."""
         merged = self.to_dict()
         for key, value in overrides.items():
-            _set_dotted(merged, key, value, source)
+            _set_dotted(merged, _renamed(key, source) if key in RENAMED_KEYS else key, value, source)
         return from_dict(merged, source)
 
 
@@ -263,7 +286,57 @@ def closest_key(key: str) -> str | None:
 
 def from_dict(raw: dict, source: str) -> PipelineConfig:
     """Build and validate a config from a plain nested mapping; ``source`` names it in errors."""
-    return _validate(_build(PipelineConfig, raw, source, ""), source)
+    return _validate(_build(PipelineConfig, _rename_keys(raw, source), source, ""), source)
+
+
+class DeprecatedKeyWarning(FutureWarning):
+    """A config key that was renamed; its old spelling still works."""
+
+
+# Renamed keys: old dotted key → new dotted key. The old spelling is read with a warning.
+RENAMED_KEYS = {
+    # the metric that selects a trainer's checkpoint also ranks a search's trials: one key for both
+    "search.metric": "train.selection_metric",
+    "search.mode": "train.selection_mode",
+}
+
+
+def _renamed(old: str, source: str) -> str:
+    new = RENAMED_KEYS[old]
+    warnings.warn(f"{source}: {old} is deprecated, use {new} (read as {new})", DeprecatedKeyWarning, stacklevel=4)
+    return new
+
+
+def _rename_keys(raw: Any, source: str) -> Any:
+    """``raw`` with renamed keys moved to their new place; the old and new key disagreeing is an error."""
+    if not isinstance(raw, dict) or not any(_get_dotted(raw, old) is not _ABSENT for old in RENAMED_KEYS):
+        return raw
+    raw = copy.deepcopy(raw)
+    for old in RENAMED_KEYS:
+        value = _get_dotted(raw, old)
+        if value is _ABSENT:
+            continue
+        new = _renamed(old, source)
+        section, leaf = old.split(".")
+        del raw[section][leaf]
+        current = _get_dotted(raw, new)
+        if current is not _ABSENT and current != value:
+            raise ConfigError(f"{source}: {old} = {value!r} and {new} = {current!r} disagree; set only {new}")
+        new_section, new_leaf = new.split(".")
+        raw.setdefault(new_section, {})[new_leaf] = value
+    return raw
+
+
+_ABSENT = object()
+
+
+def _get_dotted(tree: dict, key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
 
 
 def _unknown(source: str, key: str) -> ConfigError:
@@ -376,11 +449,22 @@ def _validate(cfg: PipelineConfig, source: str) -> PipelineConfig:
         raise ConfigError(
             f"{source}: model.fusion_heads = {m.fusion_heads}: must divide 2 * model.hidden_size = {2 * m.hidden_size}"
         )
-    if not cfg.train.selection_metric.startswith("valid/"):
+    t = cfg.train
+    if not t.selection_metric.startswith("valid/"):
         raise ConfigError(
-            f"{source}: train.selection_metric = {cfg.train.selection_metric!r}: expected a "
+            f"{source}: train.selection_metric = {t.selection_metric!r}: expected a "
             "validation metric such as 'valid/mae' (the test split is never used for selection)"
         )
-    if cfg.search.metric and not cfg.search.metric.startswith("valid/"):
-        raise ConfigError(f"{source}: search.metric = {cfg.search.metric!r}: expected a 'valid/*' metric")
+    if t.selection_metric not in SELECTION_METRICS:
+        raise ConfigError(
+            f"{source}: train.selection_metric = {t.selection_metric!r}: not a metric the trainer reports; "
+            f"expected one of {', '.join(SELECTION_METRICS)}"
+        )
+    natural = metric_direction(t.selection_metric)
+    if t.selection_mode not in ("auto", natural):
+        raise ConfigError(
+            f"{source}: train.selection_mode = {t.selection_mode!r} contradicts train.selection_metric = "
+            f"{t.selection_metric!r}, which is better when {'lower' if natural == 'min' else 'higher'}: "
+            f"expected '{natural}' or 'auto'"
+        )
     return cfg

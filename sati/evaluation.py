@@ -21,18 +21,10 @@ import numpy as np
 from sati.data.h5format import SplitArrays
 from sati.metrics import PAPER_METRICS, regression_metrics
 from sati.predictor import SATIPredictor
+from sati.tables import paper_latex, paper_markdown
+from sati.tracking.store import TrackingStore
 
 MODALITIES = ("text", "audio", "video")
-_COLUMNS = (
-    ("MAE", "mae", 1),
-    ("Corr", "corr", 1),
-    ("Acc-2 has0", "acc2_has0", 100),
-    ("Acc-2 non0", "acc2_non0", 100),
-    ("F1 has0", "f1_has0", 100),
-    ("F1 non0", "f1_non0", 100),
-    ("Acc-7", "acc7", 100),
-    ("Acc-5", "acc5", 100),
-)
 
 
 @dataclass(frozen=True)
@@ -102,58 +94,30 @@ def summarize(results: dict[Condition, list[dict[str, float]]], split: str) -> d
     return flat
 
 
-def _cells(per_model: list[dict[str, float]], split: str, latex: bool) -> list[str]:
-    cells = []
-    for _, key, scale in _COLUMNS:
-        values = scale * np.array([r[f"{split}/{key}"] for r in per_model])
-        digits = 3 if scale == 1 else 2
-        cell = f"{values.mean():.{digits}f}"
-        if len(values) > 1:
-            cell += (r" $\pm$ " if latex else " ± ") + f"{values.std(ddof=1):.{digits}f}"
-        cells.append(cell)
-    return cells
+def conditions_markdown(results: dict[Condition, list[dict[str, float]]], split: str) -> str:
+    """The paper's table, one row per condition (accuracies and F1 in %)."""
+    return paper_markdown({cond.label: runs for cond, runs in results.items()}, split)
 
 
-def markdown_table(results: dict[Condition, list[dict[str, float]]], split: str) -> str:
-    """The paper's columns, one row per condition (accuracies and F1 in %)."""
-    head = "| " + " | ".join([split] + [c for c, _, _ in _COLUMNS]) + " |"
-    rows = [head, "|" + "---|" * (len(_COLUMNS) + 1)]
-    rows += ["| " + " | ".join([cond.label] + _cells(r, split, False)) + " |" for cond, r in results.items()]
-    return "\n".join(rows) + "\n"
-
-
-def latex_table(results: dict[Condition, list[dict[str, float]]], split: str, caption: str) -> str:
+def conditions_latex(results: dict[Condition, list[dict[str, float]]], split: str, caption: str) -> str:
     """The same table as a booktabs LaTeX ``table``."""
-
-    def esc(s: str) -> str:
-        return re.sub(r"([_%&#])", r"\\\1", s).replace("σ", r"$\sigma$")
-
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\begin{tabular}{l" + "c" * len(_COLUMNS) + "}",
-        r"\toprule",
-        " & ".join(["Condition"] + [c for c, _, _ in _COLUMNS]) + r" \\",
-        r"\midrule",
-    ]
-    lines += [" & ".join([esc(cond.label)] + _cells(r, split, True)) + r" \\" for cond, r in results.items()]
-    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{esc(caption)}}}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    return paper_latex({cond.label: runs for cond, runs in results.items()}, split, caption)
 
 
 # --------------------------------------------------------------------------------------------
 # Loading any model
 
 
-def load_predictor(uri: str, model_uri: str) -> SATIPredictor:
+def load_predictor(store: TrackingStore, model_uri: str) -> SATIPredictor:
     """A model by URI: ``models:/name@alias``, ``models:/name/3``, ``runs:/<id>/model`` or a model folder
     (logged by ``sati promote``), ``runs:/<trial run id>`` (its ``checkpoint/best.pt``), or a ``.pt`` file."""
-    from sati import registry
+    from sati.tracking.registry import load_registered
+    from sati.tracking.searches import download_checkpoint
 
     if model_uri.endswith(".pt") and Path(model_uri).is_file():
         return SATIPredictor(model_uri)
     m = re.match(r"^runs:/([0-9a-f]{32})/?(checkpoint/best\.pt)?$", model_uri)
     if m:
         with tempfile.TemporaryDirectory(prefix="sati-eval-") as tmp:
-            return SATIPredictor(registry.download_checkpoint(uri, m.group(1), tmp))
-    return registry.load_registered(uri, model_uri)
+            return SATIPredictor(download_checkpoint(store, m.group(1), tmp))
+    return load_registered(store, model_uri)

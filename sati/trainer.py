@@ -68,7 +68,7 @@ def predict(
     return torch.cat(preds).numpy()
 
 
-def evaluate(
+def split_metrics(
     model: SATI, dataset: SplitDataset, split: str, batch_size: int, device: torch.device, precision: str = "auto"
 ) -> dict[str, float]:
     """The paper's metrics on one split, keyed ``<split>/<metric>``."""
@@ -122,11 +122,11 @@ def fit(
         metrics = {
             "epoch": epoch,
             **{f"train/{k}": v for k, v in train_losses.items()},
-            **evaluate(model, valid_set, "valid", tc.eval_batch_size, device, tc.precision),
+            **split_metrics(model, valid_set, "valid", tc.eval_batch_size, device, tc.precision),
         }
         metrics["time/epoch_s"] = time.perf_counter() - started
         value = metrics[tc.selection_metric] if tc.selection_metric in metrics else _unknown_metric(tc, metrics)
-        is_best = state["best_epoch"] == 0 or is_improvement(value, state["best_value"], tc.selection_mode)
+        is_best = state["best_epoch"] == 0 or is_improvement(value, state["best_value"], tc.selection_direction)
         if is_best:
             state.update(best_value=value, best_epoch=epoch, best_metrics=metrics, epochs_since_best=0)
         else:

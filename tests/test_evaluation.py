@@ -9,11 +9,21 @@ import numpy as np
 import pytest
 
 from sati.data.h5format import DataError, read_split
-from sati.evaluation import Condition, conditions, evaluate_models, latex_table, markdown_table, perturb, summarize
+from sati.evaluation import (
+    Condition,
+    conditions,
+    conditions_latex,
+    conditions_markdown,
+    evaluate_models,
+    perturb,
+    summarize,
+)
 from sati.metrics import regression_metrics
 from sati.predictor import SATIPredictor, arrays_to_frame, export_text_encoder, frame_to_arrays, seven_class
-from sati.promote import better, gate, pessimistic_score, rank_trials
-from sati.registry import RunInfo
+from sati.promote import gate as gate_evidence
+from sati.selection import better, pessimistic_score, rank_trials
+from sati.tracking.contract import Evidence
+from sati.tracking.store import RunInfo
 from sati.trainer import fit
 
 
@@ -105,9 +115,9 @@ def test_several_models_give_mean_and_std(trained, synth_path):
     flat = summarize(results, "test")
     assert flat["test/mae_std"] == 0.0 and "test/noise0.3/mae" in flat
     assert flat["test/noise0.3/mae"] != flat["test/mae"]
-    md = markdown_table(results, "test")
+    md = conditions_markdown(results, "test")
     assert md.count(" ± ") == 16 and "| noise σ=0.3 |" in md
-    tex = latex_table(results, "test", "a_caption")
+    tex = conditions_latex(results, "test", "a_caption")
     assert tex.count(r"$\pm$") == 16 and r"\caption{a\_caption}" in tex
 
 
@@ -131,6 +141,9 @@ def test_pessimistic_score_penalizes_spread():
 
 
 def test_gate_needs_a_comparable_and_better_champion():
+    def gate(new, old, version, min_delta):  # the evidence as it is read back from version tags
+        return gate_evidence(Evidence.from_tags(new), old and Evidence.from_tags(old), version, min_delta)
+
     new = {
         "sati.valid_metric": "valid/mae",
         "sati.valid_mode": "min",

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from sati.cli import main
 from sati.data.h5format import read_info, read_split
 from sati.predictor import arrays_to_frame, seven_class
-from sati.promote import pessimistic_score
+from sati.selection import pessimistic_score
 from tests.search_helpers import MlflowServer, loopback_env, run_sati, write_search_pipeline
 
 pytestmark = pytest.mark.slow

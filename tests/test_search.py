@@ -50,7 +50,7 @@ def test_shipped_pipelines_name_a_valid_space(path):
     cfg = load_pipeline(path)
     if cfg.search.space:
         load_space(REPO / cfg.search.space, cfg)
-        assert cfg.search.metric.startswith("valid/")
+        assert cfg.train.selection_metric.startswith("valid/")
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from sati.cli import data, models, search, train
 
@@ -22,16 +23,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our own warnings (a renamed config key) as one line; others as Python shows them."""
+    from sati.config import DeprecatedKeyWarning
+
+    if issubclass(category, DeprecatedKeyWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status."""
     args = build_parser().parse_args(argv)
     from sati.checkpoint import CheckpointError
-    from sati.config import ConfigError
+    from sati.config import ConfigError, DeprecatedKeyWarning
     from sati.data.h5format import DataError
-    from sati.tracking import TrackingError
+    from sati.search.retrain import RetrainError
+    from sati.tracking.store import TrackingError
 
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", DeprecatedKeyWarning)
     try:
         return args.run(args)
-    except (ConfigError, DataError, CheckpointError, TrackingError, ValueError, OSError) as err:
+    except (ConfigError, DataError, CheckpointError, TrackingError, RetrainError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sati.cli.options import add_tracking_uri
+from sati.tracking.store import TrackingStore
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -87,64 +88,87 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     predict.set_defaults(run=_with_tracking(_predict))
 
 
-def _with_tracking(command: Callable[[argparse.Namespace, str], int]) -> Callable[[argparse.Namespace], int]:
-    """``command(args, uri)`` behind a check that the tracking store answers."""
+def _with_tracking(
+    command: Callable[[argparse.Namespace, TrackingStore], int],
+) -> Callable[[argparse.Namespace], int]:
+    """``command(args, store)`` with the command's one tracking store, checked to answer."""
 
     def run(args: argparse.Namespace) -> int:
         import os
 
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        from sati.tracking import check_reachable, resolve_uri
-
-        uri = resolve_uri(args.tracking_uri)
-        check_reachable(uri)
-        return command(args, uri)
+        return command(args, TrackingStore.open(args.tracking_uri))
 
     return run
 
 
-def _promote(args, uri: str) -> int:
-    from sati.promote import PromotionError, promote, rollback
+def _promote(args, store: TrackingStore) -> int:
+    from sati.promote import PromotionError, promote, rollback, select
 
     if args.rollback:
         if not args.model_name:
             raise PromotionError("--rollback needs --model-name")
-        rollback(args.model_name, uri=uri)
+        rollback(store, args.model_name)
         return 0
     if not args.source:
         raise PromotionError("sati promote: give a search run id or an experiment name (or --rollback)")
+    if args.top_k < 1 or args.seeds < 0:
+        raise PromotionError(f"--top-k must be >= 1 and --seeds >= 0, got {args.top_k} and {args.seeds}")
+    if args.top_k > 1 and args.seeds == 0:
+        raise PromotionError("--top-k K compares K configurations by retraining them: give --seeds N too")
+    selection = select(store, args.source, args.model_name)
+    chosen = confirmation = None
+    if args.seeds:
+        from sati.search.retrain import confirm_candidates
+
+        candidates = selection.ranked[: args.top_k]
+        search = selection.search_of(store, candidates[0][0])
+        run, value, confirmation = confirm_candidates(
+            store, search, candidates, args.seeds, selection.metric, selection.mode, args.address
+        )
+        chosen = (run, value)
     result = promote(
-        args.source,
-        args.model_name,
-        uri=uri,
-        top_k=args.top_k,
-        seeds=args.seeds,
+        store,
+        selection,
+        chosen=chosen,
+        confirmation=confirmation,
         min_delta=args.min_delta,
         tolerance=args.tolerance,
         data=args.data,
-        address=args.address,
     )
     print(
         f"\nload it:  mlflow.pyfunc.load_model('models:/{result.model_name}@{result.alias}')\n"
-        f"evaluate: sati evaluate models:/{result.model_name}/{result.version} --split test --tracking-uri {uri}"
+        f"evaluate: sati evaluate models:/{result.model_name}/{result.version} --split test --tracking-uri {store.uri}"
     )
     return 0
 
 
-def _evaluate(args, uri: str) -> int:
-    from sati import registry
+def _evaluate(args, store: TrackingStore) -> int:
     from sati.data.h5format import read_info, read_split
-    from sati.evaluation import conditions, evaluate_models, latex_table, load_predictor, markdown_table, summarize
+    from sati.evaluation import (
+        conditions,
+        conditions_latex,
+        conditions_markdown,
+        evaluate_models,
+        load_predictor,
+        summarize,
+    )
+    from sati.tracking import contract
+    from sati.tracking.registry import describe_model_uri
+    from sati.tracking.runs import log_evaluation
 
     conds = conditions(args.noise, args.drop)
-    predictors = [load_predictor(uri, m) for m in args.models]
+    predictors = [load_predictor(store, m) for m in args.models]
     data = args.data or predictors[0].cfg.data.path
     arrays = read_split(data, args.split)
     info = read_info(data)
     results = evaluate_models(predictors, arrays, args.split, conds)
     label = _slug(args.models[0]) + (f"-x{len(args.models)}" if len(args.models) > 1 else "")
     caption = f"{', '.join(args.models)} on {Path(data).name} ({args.split}, {len(arrays)} samples)"
-    texts = {"table.md": markdown_table(results, args.split), "table.tex": latex_table(results, args.split, caption)}
+    texts = {
+        "table.md": conditions_markdown(results, args.split),
+        "table.tex": conditions_latex(results, args.split, caption),
+    }
     metrics = summarize(results, args.split)
     out_dir = Path(args.out_dir or Path("evaluation") / f"{label}-{args.split}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,52 +178,40 @@ def _evaluate(args, uri: str) -> int:
     print(f"{caption}\n\n{texts['table.md']}\ntables: {out_dir}/table.md, {out_dir}/table.tex")
     if args.no_log:
         return 0
-    models = [{"uri": m, **registry.describe_model_uri(uri, m)} for m in args.models]
+    models = [{"uri": m, **describe_model_uri(store, m)} for m in args.models]
     for m in models:
-        if m.get("sati.data_checksum") and m["sati.data_checksum"] != info.checksum:
+        evidence = m.get("evidence")
+        if evidence is not None and evidence.data_checksum and evidence.data_checksum != info.checksum:
             print(f"note: {m['uri']} was validated on other data than {data} (data checksum differs)")
     experiment = args.experiment
     if not experiment:
         source = next((m["run_id"] for m in models if m.get("run_id")), None)
-        experiment = registry.experiment_name(uri, source) if source else "sati-evaluation"
-    run_id = registry.log_evaluation(
-        uri,
+        experiment = store.experiment_name(source) if source else "sati-evaluation"
+    one_version = (models[0]["name"], models[0]["version"]) if len(models) == 1 and models[0].get("name") else None
+    values = (" ".join(args.models), args.noise, args.drop, args.split, len(arrays))
+    run_id = log_evaluation(
+        store,
         experiment=experiment,
         run_name=f"evaluate-{label}-{args.split}",
         metrics=metrics,
         texts=texts,
-        tags={
-            "sati.split": args.split,
-            "sati.data_checksum": info.checksum,
-            "sati.data_path": str(data),
-            "sati.model_uris": " ".join(args.models),
-            **(
-                {"sati.model_name": models[0]["name"], "sati.model_version": models[0]["version"]}
-                if len(models) == 1 and models[0].get("name")
-                else {}
-            ),
-        },
-        params={
-            "models": " ".join(args.models),
-            "noise": args.noise,
-            "drop": args.drop,
-            "split": args.split,
-            "samples": len(arrays),
-        },
+        tags=contract.evaluation_tags(args.split, info.checksum, str(data), args.models, one_version),
+        params=dict(zip(contract.EVALUATION_PARAMS, values)),
         models=models,
+        split=args.split,
     )
-    print(f"logged to MLflow run {run_id} (experiment '{experiment}') at {uri}")
+    print(f"logged to MLflow run {run_id} (experiment '{experiment}') at {store.uri}")
     return 0
 
 
-def _predict(args, uri: str) -> int:
+def _predict(args, store: TrackingStore) -> int:
     import pandas as pd
 
     from sati.data.h5format import list_splits, read_split
     from sati.evaluation import load_predictor
     from sati.predictor import predictions_frame
 
-    predictor = load_predictor(uri, args.model)
+    predictor = load_predictor(store, args.model)
     splits = args.split or list_splits(args.data)
     frames = []
     for split in splits:

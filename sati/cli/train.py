@@ -46,7 +46,7 @@ def _train(args) -> int:
     from sati.devices import resolve_device
     from sati.metrics import format_table
     from sati.reporting import ConsoleReporter
-    from sati.trainer import NonFiniteLossError, build_model, evaluate, fit
+    from sati.trainer import NonFiniteLossError, build_model, fit, split_metrics
 
     cfg = load_pipeline(args.pipeline, args.overrides)
     resume = None
@@ -67,10 +67,10 @@ def _train(args) -> int:
     model = build_model(cfg, info).to(device)
     model.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])
     splits = ["valid"]
-    metrics = evaluate(model, datasets["valid"], "valid", cfg.train.eval_batch_size, device, cfg.train.precision)
+    metrics = split_metrics(model, datasets["valid"], "valid", cfg.train.eval_batch_size, device, cfg.train.precision)
     if args.eval_test:
         test, _ = load_split_datasets(cfg, ("test",))
-        metrics |= evaluate(model, test["test"], "test", cfg.train.eval_batch_size, device, cfg.train.precision)
+        metrics |= split_metrics(model, test["test"], "test", cfg.train.eval_batch_size, device, cfg.train.precision)
         splits.append("test")
     print()
     print(format_table(metrics, splits))

@@ -1,0 +1,38 @@
+"""Where a result came from: library versions and the git commit of the code that made it."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+
+def versions() -> dict[str, str]:
+    """Versions of sati, torch, transformers, numpy and Python."""
+    import numpy
+    import torch
+    import transformers
+
+    import sati
+
+    return {
+        "sati": sati.__version__,
+        "torch": str(torch.__version__),
+        "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def git_commit() -> str:
+    """The commit of the checkout ``sati`` runs from, with ``-dirty`` for uncommitted changes; ``unknown``
+    for an installed package outside a git checkout."""
+    try:
+        repo = Path(__file__).resolve().parents[1]
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown"
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

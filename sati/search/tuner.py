@@ -1,0 +1,136 @@
+"""The Tuners: a search (Optuna + a scheduler over the YAML space), a retraining grid (configurations
+× seeds), and restoring an interrupted search. Tune and Optuna see ``best/<train.selection_metric>``,
+the trial's best-so-far validation value, which is comparable at every rung."""
+
+from __future__ import annotations
+
+from ray import tune
+from ray.tune.search import ConcurrencyLimiter
+
+from sati.config import PipelineConfig
+from sati.search.callbacks import TrackingCallback
+from sati.search.searcher import DefineByRun, StopAwareOptunaSearch, tpe_sampler
+from sati.search.space import SearchSpace
+from sati.search.trainable import TrialResolver, train_trial
+from sati.search.trial_configs import ReseededPipelines, SampledPipelines
+from sati.tracking.searches import TrialRuns
+
+
+def tune_metric(cfg: PipelineConfig) -> str:
+    """The metric Tune, the scheduler and Optuna read: the trial's best-so-far validation value."""
+    return f"best/{cfg.train.selection_metric}"
+
+
+def _scheduler(cfg: PipelineConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
+    s = cfg.search
+    if s.scheduler == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=cfg.train.epochs,
+            grace_period=min(s.grace_period, cfg.train.epochs),
+            reduction_factor=s.reduction_factor,
+        )
+    if s.scheduler == "hyperband":
+        return HyperBandScheduler(
+            time_attr="training_iteration", max_t=cfg.train.epochs, reduction_factor=s.reduction_factor
+        )
+    return FIFOScheduler()
+
+
+def _run_config(
+    cfg: PipelineConfig,
+    name: str,
+    storage_path: str,
+    runs: TrialRuns,
+    resolve: TrialResolver,
+    parameter_columns: list[str],
+) -> tune.RunConfig:
+    """Where the experiment state goes, the MLflow callback, retries, and the live table (trials,
+    state, epoch, best validation metric, ``parameter_columns``)."""
+    s, metric = cfg.search, cfg.train.selection_metric
+    table = tune.CLIReporter(
+        metric_columns={"epoch": "epoch", tune_metric(cfg): f"best {metric}"},
+        parameter_columns=parameter_columns,
+        max_report_frequency=15,
+        sort_by_metric=True,
+    )
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage_path,
+        callbacks=[TrackingCallback(runs, resolve, metric)],
+        progress_reporter=table,
+        failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        verbose=1,
+    )
+
+
+def _trainable(resolve: TrialResolver, cfg: PipelineConfig):
+    """``train_trial`` bound to its config resolver, with the per-trial resources of ``cfg``."""
+    return tune.with_resources(
+        tune.with_parameters(train_trial, resolve=resolve),
+        {"cpu": cfg.search.resources.cpu, "gpu": cfg.search.resources.gpu},
+    )
+
+
+def build_search_tuner(cfg: PipelineConfig, space: SearchSpace, name: str, runs: TrialRuns) -> tune.Tuner:
+    """A search: ``search.num_samples`` trials sampled by TPE from ``space``, the pipeline's own values
+    first, under the configured scheduler."""
+    s = cfg.search
+    first = space.defaults(cfg)  # the pipeline's own values are the first point tried
+    searcher = StopAwareOptunaSearch(
+        space=DefineByRun(space, cfg),
+        metric=tune_metric(cfg),
+        mode=cfg.train.selection_direction,
+        sampler=tpe_sampler(cfg.seed),
+        points_to_evaluate=[first] if first else None,
+    )
+    resolve = SampledPipelines(cfg.to_dict())
+    return tune.Tuner(
+        _trainable(resolve, cfg),
+        tune_config=tune.TuneConfig(
+            metric=tune_metric(cfg),
+            mode=cfg.train.selection_direction,
+            num_samples=s.num_samples,
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
+            scheduler=_scheduler(cfg),
+            time_budget_s=s.time_budget_s,
+            reuse_actors=s.reuse_actors,
+        ),
+        run_config=_run_config(cfg, name, s.storage_path, runs, resolve, space.keys),
+    )
+
+
+def build_retrain_tuner(
+    cfg: PipelineConfig, bases: list[dict], source_runs: list[str], seeds: list[int], name: str, runs: TrialRuns
+) -> tune.Tuner:
+    """Every candidate pipeline in ``bases`` retrained once per seed (a grid, FIFO, no early stopping);
+    ``cfg`` (the first candidate's) gives the metric, resources, concurrency and storage."""
+    s = cfg.search
+    resolve = ReseededPipelines(bases, source_runs)
+    return tune.Tuner(
+        _trainable(resolve, cfg),
+        param_space={"candidate": tune.grid_search(list(range(len(bases)))), "seed": tune.grid_search(seeds)},
+        tune_config=tune.TuneConfig(
+            metric=tune_metric(cfg),
+            mode=cfg.train.selection_direction,
+            max_concurrent_trials=s.max_concurrent,
+            reuse_actors=s.reuse_actors,
+        ),
+        run_config=_run_config(cfg, name, s.storage_path, runs, resolve, ["candidate", "seed"]),
+    )
+
+
+def restore_search_tuner(search_dir: str, cfg: PipelineConfig) -> tune.Tuner:
+    """The interrupted search in ``search_dir``: finished trials kept, unfinished ones resumed."""
+    if not tune.Tuner.can_restore(search_dir):
+        raise ValueError(f"{search_dir}: no restorable Ray Tune experiment state here")
+    return tune.Tuner.restore(
+        search_dir,
+        trainable=_trainable(SampledPipelines(cfg.to_dict()), cfg),
+        resume_unfinished=True,
+        resume_errored=False,
+        restart_errored=False,
+    )

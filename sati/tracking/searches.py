@@ -1,0 +1,233 @@
+"""A search in MLflow: its parent run, one child run per trial, and the summary logged at the end.
+
+Runs are found again by tags, so a restored search keeps one run per trial: ``sati.role`` = search |
+trial, ``sati.trial_id`` (Ray's trial id) and ``mlflow.parentRunId`` (``sati.tracking.contract``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sati.tables import rows_csv, rows_markdown
+from sati.tracking import contract as c
+from sati.tracking.store import RunInfo, TrackingError, TrackingStore
+
+
+def start_search_run(
+    store: TrackingStore,
+    experiment: str,
+    *,
+    name: str,
+    pipeline: dict[str, Any],
+    params: dict[str, Any],
+    space_path: str | None,
+    data_checksum: str,
+    search_dir: str,
+    metric: str,
+    mode: str,
+    model_name: str | None,
+    git_commit: str,
+    versions: dict[str, str],
+) -> str:
+    """Create the search's parent run with the resolved pipeline (``params`` flattened), the space file
+    and provenance; returns its id."""
+    tags = {
+        c.ROLE: c.Role.SEARCH.value,
+        c.SEARCH_DIR: search_dir,
+        c.GIT_COMMIT: git_commit,
+        c.DATA_CHECKSUM: data_checksum,
+        c.SELECTION_METRIC: metric,
+        c.SELECTION_MODE: mode,
+        **({c.MODEL_NAME: model_name} if model_name else {}),
+        **{c.version_tag(k): v for k, v in versions.items()},
+    }
+    run_id = store.create_run(store.experiment_id(experiment), name, tags)
+    store.log_params(run_id, params)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "pipeline.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+        store.client.log_artifact(run_id, str(Path(d) / "pipeline.yaml"))
+    if space_path:
+        store.client.log_artifact(run_id, space_path)
+    return run_id
+
+
+def find_search(store: TrackingStore, run_id: str) -> RunInfo:
+    """A search's parent run (to resume it by run id); any other run is refused, naming it."""
+    run = store.run(run_id)
+    if run.tags.get(c.ROLE) != c.Role.SEARCH.value:
+        raise TrackingError(f"MLflow run {run_id} is not a sati search run (tag {c.ROLE} != search)")
+    return run
+
+
+def trial_runs_by_id(store: TrackingStore, parent_run_id: str) -> dict[str, RunInfo]:
+    """The search's child runs keyed by Ray trial id."""
+    return {r.tags.get(c.TRIAL_ID, ""): r for r in store.child_runs(parent_run_id)}
+
+
+class TrialRuns:
+    """One child run per Ray trial under a parent run (a search or a confirmation round), found again
+    after a restore. Used by the driver's Tune callback; pickled with Tune's experiment state."""
+
+    def __init__(self, store: TrackingStore, parent_run_id: str):
+        self.store, self.parent = store, parent_run_id
+        self.runs: dict[str, str] = {}  # trial id → run id
+        self.history: dict[str, list[dict]] = {}
+        self.nodes: dict[str, list[str]] = {}  # trial id → Ray nodes it ran on
+
+    def __getstate__(self) -> dict:
+        return {"store": self.store, "parent": self.parent, "runs": self.runs}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({"history": {}, "nodes": {}, **state})
+
+    def _existing(self, trial_id: str) -> str | None:
+        found = self.store.child_runs(self.parent, f"tags.`{c.TRIAL_ID}` = '{trial_id}'")
+        return found[0].run_id if found else None
+
+    def start(self, trial_id: str, trial_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """Create the trial's run (all resolved params; ``tags`` such as the sampled values), or
+        reopen the one a previous, interrupted driver made."""
+        run_id = self.runs.get(trial_id) or self._existing(trial_id)
+        if run_id:
+            self.store.reopen_run(run_id)
+        else:
+            experiment = self.store.client.get_run(self.parent).info.experiment_id
+            run_id = self.store.create_run(
+                experiment, trial_name, {c.ROLE: c.Role.TRIAL.value, c.TRIAL_ID: trial_id, **tags}, parent=self.parent
+            )
+            self.store.log_params(run_id, params)
+        self.runs[trial_id] = run_id
+        self.history.setdefault(trial_id, [])
+        return run_id
+
+    def log_epoch(self, trial_id: str, metrics: dict[str, Any]) -> None:
+        """One epoch's ``split/name`` metrics (and ``epoch``) at step = epoch."""
+        step = int(metrics.get("epoch", 0))
+        numeric = {
+            k: float(v)
+            for k, v in metrics.items()  # ours (split/name keys), not Tune's bookkeeping
+            if ("/" in k or k == "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        self.store.log_metrics(self.runs[trial_id], numeric, step=step)
+        self.history[trial_id] = [h for h in self.history[trial_id] if h.get("epoch") != step] + [numeric]
+
+    def record_node(self, trial_id: str, node_id: str) -> None:
+        """Tag the Ray node a trial (re)started on: ``sati.node_id`` (last), ``sati.nodes`` (all)."""
+        nodes = self.nodes.setdefault(trial_id, [])
+        if node_id not in nodes:
+            nodes.append(node_id)
+        self.store.set_tags(self.runs[trial_id], {c.NODE_ID: node_id, c.NODES: ",".join(nodes)})
+
+    def log_checkpoint(self, trial_id: str, checkpoint_file: str | Path) -> None:
+        self.store.client.log_artifact(self.runs[trial_id], str(checkpoint_file), artifact_path="checkpoint")
+
+    def finish(self, trial_id: str, status: str, reason: str | None, metric: str) -> None:
+        """End the trial's run with a learning-curve plot and, for failures, the reason."""
+        run_id = self.runs.get(trial_id)
+        if run_id is None:
+            return
+        history = sorted(self.history.get(trial_id, []), key=lambda h: h.get("epoch", 0))
+        if history:
+            self.store.client.log_figure(run_id, learning_curve(history, metric), "learning_curve.png")
+        tags = {c.TRIAL_STATUS: status, **({c.FAILURE_REASON: reason} if reason else {})}
+        self.store.set_tags(run_id, tags)
+        self.store.end_run(run_id, "FINISHED" if status in ("finished", "stopped") else "FAILED")
+
+    def close_orphans(self) -> int:
+        """Mark child runs still RUNNING (their driver died) as KILLED; returns how many."""
+        stale = self.store.child_runs(self.parent, "attributes.status = 'RUNNING'")
+        for run in stale:
+            self.store.end_run(run.run_id, "KILLED")
+        return len(stale)
+
+
+def learning_curve(history: list[dict], metric: str):
+    """Train loss and the validation metric per epoch, as a matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(epochs, [h.get("train/task", float("nan")) for h in history], "o-", label="train/task (MSE)")
+    ax.set_xlabel("epoch")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [h.get(metric, float("nan")) for h in history], "s-", color="tab:orange", label=metric)
+    ax.set_ylabel("train/task")
+    ax2.set_ylabel(metric)
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def log_search_summary(
+    store: TrackingStore, parent_run_id: str, rows: list[dict], figures: dict[str, Any], best: dict | None
+) -> None:
+    """The parent run's trials table (CSV, Markdown), plots, and best-trial metrics."""
+    store.client.log_text(parent_run_id, rows_csv(rows), "trials.csv")
+    store.client.log_text(parent_run_id, rows_markdown(rows), "trials.md")
+    for name, fig in figures.items():
+        store.client.log_figure(parent_run_id, fig, f"plots/{name}.png")
+    if best:
+        store.log_metrics(parent_run_id, {f"best_trial/{k}": v for k, v in best["metrics"].items()})
+        store.set_tags(parent_run_id, {c.BEST_TRIAL_RUN: best["run_id"]})
+
+
+# --------------------------------------------------------------------------------------------
+# After a search: its trials as promotion sees them
+
+
+def find_searches(store: TrackingStore, source: str) -> list[RunInfo]:
+    """The search parent run ``source`` (a run id), or every finished search in experiment ``source``."""
+    import re
+
+    if re.fullmatch(r"[0-9a-f]{32}", source):
+        run = store.run(source)
+        role = run.tags.get(c.ROLE)
+        if role != c.Role.SEARCH.value:
+            hint = f"; its search is run {run.tags.get(c.PARENT_RUN)}" if role == c.Role.TRIAL.value else ""
+            raise TrackingError(f"MLflow run {source} is not a sati search (tag {c.ROLE} = {role!r}){hint}")
+        return [run]
+    exp = store.client.get_experiment_by_name(source)
+    if exp is None:
+        raise TrackingError(f"{store.uri}: {source!r} is neither an MLflow run id nor an experiment name")
+    runs = store.client.search_runs(
+        [exp.experiment_id],
+        f"tags.`{c.ROLE}` = '{c.Role.SEARCH.value}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1000,
+    )
+    if not runs:
+        raise TrackingError(f"experiment {source!r} at {store.uri} has no finished sati search")
+    return [RunInfo.of(r) for r in runs]
+
+
+def finished_trials(store: TrackingStore, parent_ids: list[str]) -> list[RunInfo]:
+    """Trial runs of the given parents that ended FINISHED (failed and killed trials excluded)."""
+    where = f"tags.`{c.ROLE}` = '{c.Role.TRIAL.value}' and attributes.status = 'FINISHED'"
+    return [r for p in parent_ids for r in store.child_runs(p, where)]
+
+
+CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
+
+
+def download_checkpoint(store: TrackingStore, run_id: str, dst: str | Path) -> Path:
+    """A trial's best checkpoint (artifact ``checkpoint/best.pt``) downloaded to ``dst``."""
+    from mlflow.artifacts import download_artifacts
+
+    try:
+        path = download_artifacts(
+            run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(dst), tracking_uri=store.uri
+        )
+        return Path(path)
+    except Exception as err:
+        raise TrackingError(
+            f"MLflow run {run_id}: checkpoint artifact '{CHECKPOINT_ARTIFACT}' missing or "
+            f"unreadable ({type(err).__name__}: {str(err)[:300]})"
+        ) from None
