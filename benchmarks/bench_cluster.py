@@ -56,9 +56,9 @@ def main() -> None:
     ap.add_argument("--mode", choices=["pinned", "unpinned", "both"], default="both")
     args = ap.parse_args()
     from sati.data.synth import write_synthetic
-    from tests.cluster_helpers import can_unshare, run_in_netns
-    from tests.search_helpers import write_search_pipeline
-    from tests.tiny_text_encoder import build_tiny_text_encoder
+    from sati.testing.cluster import can_unshare, run_in_netns
+    from sati.testing.pipelines import write_search_pipeline
+    from sati.testing.tiny_encoder import build_tiny_text_encoder
 
     if not can_unshare():
         sys.exit("needs `unshare -n` (root or CAP_SYS_ADMIN) and iproute2")

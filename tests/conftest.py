@@ -1,4 +1,5 @@
-"""Shared fixtures: an offline tiny text encoder, a small generated dataset, and small configs."""
+"""Shared fixtures: an offline tiny text encoder, a small generated dataset, and small configs
+(the helpers behind them are in ``sati.testing``, shared with the benchmarks)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import yaml
 
 from sati.config import PipelineConfig, from_dict
 from sati.data.synth import write_synthetic
-from tests.tiny_text_encoder import build_tiny_text_encoder
+from sati.testing.pipelines import small_pipeline
+from sati.testing.tiny_encoder import build_tiny_text_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,37 +39,9 @@ def synth_path(tmp_path_factory) -> Path:
 
 
 def small_config(tmp_path: Path, data_path: Path, encoder: Path, **sections) -> dict:
-    """A pipeline mapping for a fast CPU run; ``sections`` update the given sections."""
-    raw = {
-        "name": "test",
-        "seed": 7,
-        "data": {"path": str(data_path)},
-        "model": {
-            "text_encoder": str(encoder),
-            "hidden_size": 32,
-            "encoder_feedforward": 64,
-            "fusion_feedforward": 64,
-            "fbp_hidden": 8,
-            "dropout": 0.1,
-            # With so small a model and so few steps, full-strength gradient reversal (λ = 1)
-            # drowns the task gradient; 0.1 is the low end of the usual λ range.
-            "reverse_grad_weight": 0.1,
-        },
-        "train": {
-            "epochs": 2,
-            "batch_size": 32,
-            "lr": 2.0e-3,
-            "out_dir": str(tmp_path / "run"),
-            "device": "cpu",
-            "patience": 0,
-        },
-    }
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            raw.setdefault(section, {}).update(values)
-        else:
-            raw[section] = values
-    return raw
+    """A pipeline mapping for a fast CPU run writing to ``tmp_path/run``; ``sections`` update it."""
+    train = {"out_dir": str(tmp_path / "run"), **sections.pop("train", {})}
+    return small_pipeline(data_path, encoder, train=train, **sections)
 
 
 @pytest.fixture
@@ -90,3 +64,15 @@ def write_pipeline(tmp_path, synth_path, tiny_encoder):
         return path
 
     return write
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA: skip them where torch sees none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (marked gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

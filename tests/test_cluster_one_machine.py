@@ -2,7 +2,7 @@
 raylets, and a `sati search` that loses one worker mid-search.
 
 All of it runs in one loopback-only network namespace (`unshare -n`), orchestrated by
-tests/cluster_helpers.py, which writes a report that this test checks. The head has 0 CPUs, so every
+sati/testing/cluster.py, which writes a report that this test checks. The head has 0 CPUs, so every
 trial runs on a worker (1 CPU each). As soon as a trial is RUNNING on a worker (MLflow tag
 `sati.node_id`), that worker's `ray start --block` process group (raylet, agents, the trial's worker
 process) is SIGKILLed, like a machine that dies. The trial must be retried on the other worker from
@@ -16,8 +16,9 @@ from collections import Counter
 
 import pytest
 
-from tests.cluster_helpers import can_unshare, postgres_missing, run_in_netns
-from tests.search_helpers import write_search_pipeline
+from sati.testing.cluster import can_unshare, run_in_netns
+from sati.testing.pipelines import write_search_pipeline
+from sati.testing.servers import postgres_missing
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The vectorized losses of ``sati.losses`` against the loop forms in ``tests/reference_losses.py``,
+"""The vectorized losses of ``sati.losses`` against the loop forms in ``sati/testing/reference_losses.py``,
 gradient reversal, the weighted total and its ablation switches, gradient flow through a tiny
 SATI model, and padding invariance of its predictions."""
 
@@ -20,7 +20,7 @@ from sati import losses  # noqa: E402
 from sati.config import AblationConfig, LossConfig, ModelConfig  # noqa: E402
 from sati.model.layers import reverse_grad  # noqa: E402
 from sati.model.sati import SATI, SATIOutput  # noqa: E402
-from tests import reference_losses as ref  # noqa: E402
+from sati.testing import reference_losses as ref  # noqa: E402
 
 F64 = torch.float64
 

@@ -22,7 +22,9 @@ from sati.cli import main
 from sati.data.h5format import read_info, read_split
 from sati.predictor import arrays_to_frame, seven_class
 from sati.selection import pessimistic_score
-from tests.search_helpers import MlflowServer, loopback_env, run_sati, write_search_pipeline
+from sati.testing.pipelines import write_search_pipeline
+from sati.testing.processes import loopback_env, run_sati
+from sati.testing.servers import MlflowServer
 
 pytestmark = pytest.mark.slow
 MODEL = "sati-test"

@@ -15,8 +15,10 @@ from mlflow.tracking import MlflowClient
 
 from sati.config import ConfigError, PipelineConfig, load_pipeline
 from sati.search.space import load_space
+from sati.testing.pipelines import write_search_pipeline
+from sati.testing.processes import loopback_env, run_sati
+from sati.testing.servers import MlflowServer
 from tests.conftest import REPO
-from tests.search_helpers import MlflowServer, loopback_env, run_sati, write_search_pipeline
 
 # ---------------------------------------------------------------------------------------------
 # Spaces and pipelines (fast)

@@ -1,21 +1,18 @@
-"""A cluster on one machine, for tests/test_cluster_one_machine.py and benchmarks/bench_cluster.py.
+"""A Ray cluster on one machine, for tests/test_cluster_one_machine.py and benchmarks/bench_cluster.py.
 
 Everything runs in ONE loopback-only network namespace (``unshare -n``): a private Postgres, a
 Postgres-backed ``mlflow server``, a Ray head with 0 CPUs, worker raylets with 1 CPU each, and the
 ``sati search`` driver. Nothing in the namespace can be reached from outside it, so the orchestration
 runs in it too::
 
-    unshare -n python -m tests.cluster_helpers lose-a-worker --pipeline p.yaml --root DIR --report r.json
-    unshare -n python -m tests.cluster_helpers throughput --workers 2 --pipeline p.yaml --root DIR --report r.json
+    unshare -n python -m sati.testing.cluster lose-a-worker --pipeline p.yaml --root DIR --report r.json
+    unshare -n python -m sati.testing.cluster throughput --workers 2 --pipeline p.yaml --root DIR --report r.json
 
 and writes a JSON report that the caller checks (``run_in_netns`` does both steps).
 
-Cleanup never uses ``ray stop``: it stops every Ray process on the machine, other namespaces included
-(they share the PID space), and other people's Ray runs share this machine. Each Ray node is a
-``ray start --block`` in its own session, stopped by killing that process group and the processes
-that descend from it. Every process started here also carries ``SATI_CLUSTER_MARK=<random id>`` in
-its environment, and teardown finally kills whatever still carries it (Ray's worker processes
-rename themselves, so their command line cannot be matched).
+Cleanup never uses ``ray stop`` (``sati.testing.processes``): each Ray node is a ``ray start --block``
+in its own session, stopped by killing that process group and its descendants; every process started
+here carries ``SATI_CLUSTER_MARK=<random id>``, and teardown finally kills whatever still carries it.
 """
 
 from __future__ import annotations
@@ -32,15 +29,23 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python tests/cluster_helpers.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sati.testing.processes import (
+    MARK,
+    REPO,
+    Service,
+    alive,
+    descendants,
+    free_port,
+    kill_tree,
+    loopback_env,
+    sweep,
+    wait_for,
+)
+from sati.testing.servers import MlflowServer, Postgres
+from sati.tracking import contract
 
-from tests.search_helpers import REPO, free_port, loopback_env
-
-MARK = "SATI_CLUSTER_MARK"
 RAY = Path(sys.executable).parent / "ray"
 
 
@@ -56,115 +61,6 @@ def can_unshare() -> bool:
         return subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
-
-
-def postgres_bindir() -> Path | None:
-    """The directory of `initdb` and `postgres` (Debian: /usr/lib/postgresql/<major>/bin)."""
-    found = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
-    )
-    if found:
-        return found[-1].parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).resolve().parent if initdb else None
-
-
-def postgres_missing() -> str | None:
-    """Why a private Postgres cannot run here, or None."""
-    bindir = postgres_bindir()
-    if bindir is None or not (bindir / "postgres").exists():
-        return "Postgres server binaries (initdb, postgres) not found; apt-get install postgresql"
-    if os.geteuid() == 0:
-        try:
-            import pwd
-
-            pwd.getpwnam("postgres")
-        except KeyError:
-            return "running as root but there is no 'postgres' user to run initdb as"
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg2") is None:
-        return "psycopg2 is not installed (pip install psycopg2-binary)"
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Processes: each service is a process group of its own; teardown kills the group and its tree
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
-def descendants(pid: int) -> list[int]:
-    kids, out, todo = _children(), [], [pid]
-    while todo:
-        for child in kids.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
-def _signal(pids, sig) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 15.0) -> list[int]:
-    """Signal the process group ``proc`` leads and every descendant; SIGKILL what outlives ``grace_s``.
-    Returns the pids that were signalled."""
-    pids = [proc.pid] + descendants(proc.pid)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-    _signal(pids, sig)
-    deadline = time.time() + grace_s
-    while time.time() < deadline and any(alive(p) for p in pids):
-        proc.poll()
-        time.sleep(0.2)
-    if any(alive(p) for p in pids):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        _signal([p for p in pids if alive(p)], signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(10)
-    return pids
-
-
-def sweep(mark: str) -> list[int]:
-    """SIGKILL every process whose environment carries ``SATI_CLUSTER_MARK=<mark>``."""
-    needle = f"{MARK}={mark}".encode()
-    hit = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            hit.append(int(entry))
-    _signal(hit, signal.SIGKILL)
-    return hit
 
 
 class CpuSampler:
@@ -236,200 +132,6 @@ class CpuSampler:
         }
 
 
-def _wait_for(
-    predicate,
-    timeout_s: float,
-    what: str,
-    proc: subprocess.Popen | None = None,
-    log: Path | None = None,
-    every_s: float = 0.5,
-):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(every_s)
-    tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-    state = (
-        f"exited with {proc.returncode}"
-        if proc is not None and proc.returncode is not None
-        else f"not ready after {timeout_s:.0f} s"
-    )
-    raise RuntimeError(f"{what} {state}; log tail:\n{tail}")
-
-
-class Service:
-    """A background process in a session of its own, with its output in ``log``."""
-
-    def __init__(self, name: str, argv: list, log: Path, env: dict, **popen):
-        self.name, self.log_path = name, log
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log, "w")
-        self.proc = subprocess.Popen(
-            [str(a) for a in argv], stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True, **popen
-        )
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, grace_s: float = 15.0) -> list[int]:
-        pids = kill_tree(self.proc, sig, grace_s)
-        self._log.close()
-        return pids
-
-
-# ---------------------------------------------------------------------------------------------
-# Postgres, the MLflow server, the Ray cluster
-
-
-class Postgres:
-    """A private Postgres on 127.0.0.1:<port>, trust auth, in a mkdtemp under /tmp.
-
-    initdb refuses to run as root, so as root it runs as the `postgres` user, and its directory lies
-    outside pytest's 0700 tmp tree, which that user cannot enter."""
-
-    def __init__(self, env: dict, log_dir: Path):
-        bindir = postgres_bindir()
-        self.port = free_port()
-        self.base = Path(tempfile.mkdtemp(prefix="sati-pg-", dir="/tmp"))
-        user: dict = {}
-        if os.geteuid() == 0:
-            import pwd
-
-            pw = pwd.getpwnam("postgres")
-            os.chown(self.base, pw.pw_uid, pw.pw_gid)
-            user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-        env = {**env, "LC_ALL": "C", "LANG": "C"}
-        data = self.base / "data"
-        out = subprocess.run(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "--no-instructions",
-            ],
-            cwd=self.base,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            **user,
-        )
-        if out.returncode != 0:
-            shutil.rmtree(self.base, ignore_errors=True)
-            raise RuntimeError(f"initdb failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
-        self.service = Service(
-            "postgres",
-            [
-                bindir / "postgres",
-                "-D",
-                data,
-                "-h",
-                "127.0.0.1",
-                "-p",
-                self.port,
-                "-k",
-                self.base,
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ],
-            log_dir / "postgres.log",
-            env,
-            cwd=self.base,
-            **user,
-        )
-        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/mlflow"
-
-    def _connect(self, dbname: str):
-        import psycopg2
-
-        return psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=dbname, connect_timeout=5)
-
-    def wait_ready(self, timeout_s: float = 120) -> None:
-        def up():
-            try:
-                self._connect("postgres").close()
-                return True
-            except Exception:
-                return False
-
-        _wait_for(up, timeout_s, "postgres", self.service.proc, self.service.log_path)
-        conn = self._connect("postgres")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("CREATE DATABASE mlflow")
-        conn.close()
-
-    def query(self, sql: str) -> list[tuple]:
-        conn = self._connect("mlflow")
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql)
-                return [tuple(r) for r in cur.fetchall()]
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self.service.stop(signal.SIGINT, grace_s=30)  # SIGINT: Postgres' fast shutdown
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
-class MlflowServer:
-    """`mlflow server` on 127.0.0.1 with the given backend store and artifacts proxied to disk."""
-
-    def __init__(self, backend: str, artifacts: Path, env: dict, log_dir: Path):
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.service = Service(
-            "mlflow",
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                self.port,
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                backend,
-                "--artifacts-destination",
-                artifacts,
-            ],
-            log_dir / "mlflow-server.log",
-            env,
-        )
-
-    def wait_ready(self, timeout_s: float = 240) -> None:
-        def up():
-            try:
-                urllib.request.urlopen(self.uri + "/health", timeout=2)
-                return True
-            except OSError:
-                return False
-
-        _wait_for(up, timeout_s, "mlflow server", self.service.proc, self.service.log_path)
-
-    def stop(self) -> None:
-        self.service.stop()
-
-
 class RayCluster:
     """A Ray head with 0 CPUs and worker raylets, each a `ray start --block` in a session of its own."""
 
@@ -489,7 +191,7 @@ class RayCluster:
 
     @staticmethod
     def wait_started(node: Service, timeout_s: float = 180) -> None:
-        _wait_for(lambda: "Ray runtime started" in node.log_text(), timeout_s, node.name, node.proc, node.log_path)
+        wait_for(lambda: "Ray runtime started" in node.log_text(), timeout_s, node.name, node.proc, node.log_path)
 
     @staticmethod
     def node_id(node: Service) -> str:
@@ -525,7 +227,7 @@ class RayCluster:
     def wait_nodes(self, ids: list[str], timeout_s: float = 180) -> float:
         """Wait until every node in ``ids`` is active in `ray status`; returns the seconds waited."""
         start = time.time()
-        _wait_for(lambda: set(ids) <= set(self.active_nodes()), timeout_s, f"ray nodes {ids}", every_s=2)
+        wait_for(lambda: set(ids) <= set(self.active_nodes()), timeout_s, f"ray nodes {ids}", every_s=2)
         return time.time() - start
 
     def stop(self) -> None:
@@ -574,7 +276,9 @@ def _trial_runs(client, experiment: str, extra: str = "") -> list:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    return client.search_runs([exp.experiment_id], "tags.`sati.role` = 'trial'" + extra, max_results=1000)
+    return client.search_runs(
+        [exp.experiment_id], f"tags.`{contract.ROLE}` = '{contract.Role.TRIAL.value}'" + extra, max_results=1000
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,7 +296,7 @@ def lose_a_worker(args, mark: str, report: dict, stack: contextlib.ExitStack) ->
     pg = Postgres(env, logs)
     stack.callback(pg.stop)
     pg.wait_ready()
-    server = MlflowServer(pg.url, root / "artifacts", env, logs)
+    server = MlflowServer(root / "mlflow", backend=pg.url, env=env, wait=False)
     stack.callback(server.stop)
     # Ray only after Postgres and the server hold their ports: its processes bind OS-chosen ports,
     # which can be the very port free_port() just picked for a service that has not bound it yet.
@@ -617,7 +321,7 @@ def lose_a_worker(args, mark: str, report: dict, stack: contextlib.ExitStack) ->
     victim = None
     while search.proc.poll() is None and time.time() - t_search < args.kill_timeout:
         for run in _trial_runs(client, args.experiment, " and attributes.status = 'RUNNING'"):
-            node = run.data.tags.get("sati.node_id")
+            node = run.data.tags.get(contract.NODE_ID)
             if node in ids:
                 victim = (run, node)
                 break
@@ -639,7 +343,7 @@ def lose_a_worker(args, mark: str, report: dict, stack: contextlib.ExitStack) ->
         report["kill"] = {
             "node": node,
             "worker": worker.name,
-            "trial_id": run.data.tags.get("sati.trial_id"),
+            "trial_id": run.data.tags.get(contract.TRIAL_ID),
             "run_id": run.info.run_id,
             "after_s": round(time.time() - t_search, 1),
             "epochs_done": max((int(m.value) for m in epochs), default=0),
@@ -658,7 +362,7 @@ def lose_a_worker(args, mark: str, report: dict, stack: contextlib.ExitStack) ->
     report["runs"] = [_run_record(r) for r in client.search_runs([exp.experiment_id], max_results=1000)] if exp else []
     report["postgres_runs"] = [list(r) for r in pg.query("SELECT run_uuid, status FROM runs")]
     report["postgres_trial_tags"] = [
-        list(r) for r in pg.query("SELECT run_uuid, value FROM tags WHERE key = 'sati.trial_id'")
+        list(r) for r in pg.query(f"SELECT run_uuid, value FROM tags WHERE key = '{contract.TRIAL_ID}'")
     ]
     report["worker_log_tails"] = {w.name: w.log_text()[-1500:] for w in workers}
 
@@ -695,7 +399,7 @@ def throughput(args, mark: str, report: dict, stack: contextlib.ExitStack) -> No
         span = (max(r["end_time"] for r in runs) - min(r["start_time"] for r in runs)) / 1000
         report["trial_span_s"] = round(span, 2)
         report["trials_per_min"] = round(60 * len(runs) / span, 3)
-        report["nodes_used"] = sorted({n for r in runs for n in r["tags"].get("sati.nodes", "").split(",") if n})
+        report["nodes_used"] = sorted({n for r in runs for n in r["tags"].get(contract.NODES, "").split(",") if n})
 
 
 def _exit_on_sigterm(signum, frame):
@@ -748,7 +452,7 @@ def run_in_netns(scenario: str, pipeline: Path, root: Path, timeout_s: float = 9
         "-n",
         sys.executable,
         "-m",
-        "tests.cluster_helpers",
+        "sati.testing.cluster",
         scenario,
         "--pipeline",
         str(pipeline),
