@@ -97,6 +97,11 @@ class LossConfig:
     margin_form: Literal["arcface", "cosface"] = _spec(
         "arcface", help="arcface: cos(θ+τ) as in paper Eq. 4; cosface: cos θ − τ as the reference code"
     )
+    margin_fold: Literal["paper", "easy", "threshold"] = _spec(
+        "paper",
+        help="arcface only: cos(θ+τ) is not monotone for θ > π−τ. paper: as Eq. 4; easy: cos θ where "
+        "cos θ <= 0 (insightface easy_margin); threshold: cos θ − τ·sin τ where θ > π−τ (insightface)",
+    )
     domain_reduction: Literal["mean", "sum"] = _spec(
         "mean", help="over the three modalities: mean (reference code) or sum (paper Eq. 5)"
     )
@@ -161,6 +166,12 @@ class SearchConfig:
     reduction_factor: int = _spec(3, ge=2)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     time_budget_s: float | None = _spec(None, gt=0.0, help="stop starting trials after this many seconds")
+    budget_gpu_hours: float | None = _spec(
+        None,
+        gt=0.0,
+        help="stop starting trials once the trials have used this many GPU-hours (fractions count as such)",
+    )
+    budget_cpu_hours: float | None = _spec(None, gt=0.0, help="the same in CPU-hours (CPU clusters)")
     max_failures: int = _spec(1, ge=0, help="retries of a trial after an infrastructure failure")
     reuse_actors: bool = _spec(
         True,
@@ -168,6 +179,25 @@ class SearchConfig:
         "per-trial start-up); false gives each trial a fresh process",
     )
     storage_path: str = _spec("runs/search", help="local dir, shared mount, or s3:// / gs:// URI for checkpoints")
+    checkpoint_every: int = _spec(
+        0,
+        ge=0,
+        help="0: a trial reports a resumable checkpoint to Tune when its best improves; N: also every N "
+        "epochs (a crash loses fewer epochs; each such checkpoint also copies best.pt)",
+    )
+    log_checkpoints: Literal["finished", "top_k", "none"] = _spec(
+        "finished",
+        help="which trials upload best.pt to MLflow: those that finished (not stopped early), the "
+        "search.top_k best at the end of the search, or none; the others keep a pointer to their Tune "
+        "checkpoint (tag sati.checkpoint_uri), from which promotion still works",
+    )
+    top_k: int = _spec(3, ge=1, help="with log_checkpoints: top_k, how many trials upload best.pt")
+    resource_wait_s: float = _spec(
+        0.0,
+        ge=0.0,
+        help="on a cluster that starts nodes on demand: how long the pre-flight waits (asking the autoscaler) "
+        "for a node that fits search.resources before it gives up; 0 refuses at once",
+    )
     ray_address: str | None = _spec(
         None, help="Ray cluster address (ray://host:10001, host:6379, auto); none starts a local Ray for the search"
     )
@@ -226,14 +256,30 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> PipelineConfig:
-    """Read a pipeline YAML, apply ``key=value`` overrides, and validate everything."""
+    """Read a pipeline YAML, apply ``key=value`` overrides, and validate everything.
+
+    Input files the pipeline names (``search.space``, a local ``model.text_encoder`` folder) are read
+    relative to the pipeline file; an override's path is relative to the working directory, as are
+    outputs (``data.path`` to generate, ``train.out_dir``, ``search.storage_path``, the local MLflow store)."""
     path = Path(path)
-    cfg = from_dict(read_yaml_mapping(path, "pipeline"), str(path))
+    cfg = from_dict(_inputs_beside(read_yaml_mapping(path, "pipeline"), path.parent), str(path))
     if overrides:
         cfg = cfg.replace(
             parse_overrides(overrides) if isinstance(overrides, list) else overrides, source=f"{path} (--set)"
         )
     return cfg
+
+
+def _inputs_beside(raw: dict, folder: Path) -> dict:
+    """``raw`` with relative input paths made absolute against ``folder`` (the pipeline file's)."""
+    raw = copy.deepcopy(raw)
+    search, model = raw.get("search"), raw.get("model")
+    if isinstance(search, dict) and isinstance(search.get("space"), str) and not Path(search["space"]).is_absolute():
+        search["space"] = str((folder / search["space"]).resolve())
+    encoder = model.get("text_encoder") if isinstance(model, dict) else None
+    if isinstance(encoder, str) and not Path(encoder).is_absolute() and (folder / encoder).is_dir():
+        model["text_encoder"] = str((folder / encoder).resolve())
+    return raw
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -72,12 +72,23 @@ def temporal_jsd(codes: torch.Tensor, mask: torch.Tensor, eps: float = 1e-10) ->
 
 
 def angular_margin_logits(
-    features: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, scale: float, margin: float, form: str
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    classes: torch.Tensor,
+    scale: float,
+    margin: float,
+    form: str,
+    fold: str = "paper",
 ) -> torch.Tensor:
     """Scaled cosine logits with an additive angular margin on the true class.
 
     features: [..., H], labels: [...] long, classes: [C, H] → [..., C].
     arcface (paper Eq. 4): s·cos(θ_y + τ); cosface (reference code): s·(cos θ_y − τ).
+    cos(θ + τ) rises again once θ + τ > π (θ > π − τ), so a worse angle would get a larger logit.
+    ``fold`` (arcface only): ``paper`` keeps Eq. 4 as written; ``easy`` uses cos θ where cos θ <= 0
+    (insightface's ``easy_margin``); ``threshold`` uses cos θ − τ·sin τ where θ > π − τ, which lies
+    below cos(θ + τ) = −1 there and keeps decreasing, so the logit falls with θ everywhere
+    (insightface's default).
     """
     cos = F.normalize(features, dim=-1) @ F.normalize(classes, dim=-1).t()  # [..., C]
     if form == "cosface":
@@ -85,6 +96,10 @@ def angular_margin_logits(
     else:
         sin = torch.sqrt((1 - cos * cos).clamp_min(1e-12))
         target = cos * math.cos(margin) - sin * math.sin(margin)  # cos(θ + τ), θ ∈ [0, π]
+        if fold == "easy":
+            target = torch.where(cos > 0, target, cos)
+        elif fold == "threshold":
+            target = torch.where(cos > math.cos(math.pi - margin), target, cos - margin * math.sin(margin))
     onehot = F.one_hot(labels, classes.shape[0]).bool()
     return scale * torch.where(onehot, target, cos)
 
@@ -99,6 +114,7 @@ def domain_loss(
     form: str = "arcface",
     reduction: str = "mean",
     l2: float = 0.01,
+    fold: str = "paper",
 ) -> torch.Tensor:
     """L_dom (Eqs. 4-5) over the shared and the private codes.
 
@@ -108,7 +124,7 @@ def domain_loss(
     are added, each with l2·‖W‖² as in the reference.
     """
     g, b, _ = features.shape
-    logits = angular_margin_logits(features, labels[:, None].expand(g, b), classes, scale, margin, form)
+    logits = angular_margin_logits(features, labels[:, None].expand(g, b), classes, scale, margin, form, fold)
     ce = F.cross_entropy(logits.reshape(g * b, -1), labels.repeat_interleave(b), reduction="none")
     per_group = ce.view(g, b).mean(1).view(2, g // 2)  # [code type, modality]
     per_type = per_group.mean(1) if reduction == "mean" else per_group.sum(1)
@@ -152,6 +168,7 @@ def total_loss(out: SATIOutput, labels: torch.Tensor, cfg: LossConfig, ablation:
             scale=cfg.scale,
             margin=cfg.margin,
             form=cfg.margin_form,
+            fold=cfg.margin_fold,
             reduction=cfg.domain_reduction,
             l2=cfg.domain_l2,
         )

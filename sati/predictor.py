@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from sati.checkpoint import load_checkpoint
+from sati.checkpoint import load_checkpoint, restore_model
 from sati.config import PipelineConfig, from_dict
 from sati.data.dataset import SplitDataset
 from sati.data.h5format import DataError, SplitArrays
@@ -77,6 +77,8 @@ class SATIPredictor:
         self.metrics: dict[str, float] = dict(ckpt["metrics"])
         self.audio_dim, self.video_dim, text_dim = input_dims(ckpt["model"])
         self.precomputed = cfg.model.text_encoder == PRECOMPUTED
+        self.frozen: dict | None = ckpt["frozen"]  # the frozen encoder's identity; its weights are not in the file
+        self.precision: str | None = ckpt["precision"]  # what it was trained in: bf16 or fp32 (None: not recorded)
         self.device = resolve_device(device)
         self.model = SATI(
             cfg.model,
@@ -84,9 +86,9 @@ class SATIPredictor:
             self.audio_dim,
             self.video_dim,
             text_feature_dim=text_dim if self.precomputed else 0,
-            pretrained_text=False,
+            pretrained_text=self.frozen is not None,  # frozen weights come from the encoder, the rest from the file
         )
-        self.model.load_state_dict(ckpt["model"])
+        restore_model(self.model, ckpt, checkpoint)
         self.model.to(self.device).eval()
         self.tokenizer = None if self.precomputed else load_tokenizer(cfg.model.text_encoder)
 
@@ -200,15 +202,19 @@ def arrays_to_frame(arrays: SplitArrays, limit: int | None = None) -> pd.DataFra
     return pd.DataFrame(cols)
 
 
-def export_text_encoder(name: str, out_dir: str | Path) -> Path:
-    """Write the text encoder's ``config.json`` and tokenizer files (no weights) to ``out_dir``."""
-    from transformers import AutoConfig
+def export_text_encoder(name: str, out_dir: str | Path, weights: bool = False) -> Path:
+    """Write the text encoder's ``config.json`` and tokenizer files to ``out_dir``, and its pretrained
+    weights too with ``weights`` (a checkpoint that leaves frozen encoder weights out needs them)."""
+    from transformers import AutoConfig, AutoModel
 
     from sati.pretrained import resolve_text_encoder
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = resolve_text_encoder(name)
-    AutoConfig.from_pretrained(path).save_pretrained(out)
+    if weights:
+        AutoModel.from_pretrained(path).save_pretrained(out)
+    else:
+        AutoConfig.from_pretrained(path).save_pretrained(out)
     load_tokenizer(name).save_pretrained(out)
     return out

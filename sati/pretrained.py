@@ -44,3 +44,29 @@ def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_text_encoder(name))
+
+
+def encoder_revision(name: str) -> str | None:
+    """A revision for ``model.text_encoder`` = ``name``: the version of the Python package that ships it
+    (``package:<module>``), or the Hugging Face cache's snapshot commit; None for a plain folder."""
+    import re
+
+    if name.startswith("package:"):
+        from importlib import metadata
+
+        module = name.split(":", 1)[1].split(".")[0]
+        dists = metadata.packages_distributions().get(module, [])
+        return f"{dists[0]}=={metadata.version(dists[0])}" if dists else None
+    path = Path(name)
+    if not path.exists():  # a hub name: the snapshot the local cache would load
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "config.json")
+        except Exception:
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached).parent
+    m = re.search(r"snapshots/([0-9a-f]{7,64})(/|$)", str(path.resolve()))
+    return m.group(1) if m else None

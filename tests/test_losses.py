@@ -503,3 +503,36 @@ def test_predictions_ignore_padding_precomputed_text():
         "precomputed", audio_dim=arrays.audio.shape[-1], video_dim=arrays.video.shape[-1], text_feature_dim=16
     )
     _assert_padding_invariant(model, ds, [4, 1, 6, 0, 2])
+
+
+def _target_logit(theta: torch.Tensor, margin: float, fold: str) -> torch.Tensor:
+    """The true-class logit (scale 1) of a 2-d feature at angle θ from its class vector."""
+    features = torch.stack([torch.cos(theta), torch.sin(theta)], -1)  # [N, 2]
+    classes = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=theta.dtype)
+    labels = torch.zeros(len(theta), dtype=torch.long)
+    return losses.angular_margin_logits(features, labels, classes, 1.0, margin, "arcface", fold)[:, 0]
+
+
+@pytest.mark.parametrize("margin", [0.3, 0.5, 1.0])
+def test_angular_margin_fold_guards_follow_insightface(margin):
+    theta = torch.linspace(0, math.pi, 2001, dtype=torch.float64)
+    paper = _target_logit(theta, margin, "paper")
+    assert (paper.diff() > 1e-9).any()  # Eq. 4 as written folds over: past π − τ a worse angle scores higher
+    assert torch.allclose(paper, torch.cos(theta + margin), atol=1e-6)
+    easy, threshold = _target_logit(theta, margin, "easy"), _target_logit(theta, margin, "threshold")
+    assert (threshold.diff() <= 1e-9).all()  # never rises as θ grows
+    inside = torch.cos(theta) > 0  # insightface easy_margin: the margin only where cos θ > 0
+    assert torch.allclose(easy[inside], torch.cos(theta[inside] + margin), atol=1e-6)
+    assert torch.allclose(easy[~inside], torch.cos(theta[~inside]), atol=1e-6)
+    before, past = theta < math.pi - margin - 1e-6, theta > math.pi - margin + 1e-6  # insightface default
+    assert torch.allclose(threshold[before], torch.cos(theta[before] + margin), atol=1e-6)
+    assert torch.allclose(threshold[past], torch.cos(theta[past]) - margin * math.sin(margin), atol=1e-6)
+
+
+def test_margin_fold_is_a_config_option_with_the_paper_form_as_default():
+    assert LossConfig().margin_fold == "paper"
+    out = random_output(3, batch=5, hidden=8)
+    kwargs = {"scale": 30.0, "margin": 0.5, "form": "arcface"}
+    paper = losses.domain_loss(out.domain_features, out.domain_labels, out.domain_classes, **kwargs)
+    assert torch.allclose(paper, losses.domain_loss(out.domain_features, out.domain_labels, out.domain_classes,
+                                                    fold="paper", **kwargs))  # fmt: skip

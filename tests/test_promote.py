@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -19,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sati.cli import main
-from sati.data.h5format import read_info, read_split
+from sati.data.h5format import content_checksum, read_info, read_split
 from sati.predictor import arrays_to_frame, seven_class
 from sati.selection import pessimistic_score
 from sati.testing.pipelines import write_search_pipeline
@@ -39,11 +40,13 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sealed(tmp_path_factory, synth_path) -> Path:
-    """The dataset without its test split (same content checksum attribute)."""
+    """The dataset without its test split (a two-split file with its own checksum)."""
     path = tmp_path_factory.mktemp("sealed") / "sealed.h5"
     shutil.copy(synth_path, path)
     with h5py.File(path, "a") as f:
         del f["test"]
+        # the file's checksum is over the splits it holds (promotion recomputes it)
+        f.attrs["checksum"] = content_checksum({s: read_split(synth_path, s) for s in ("train", "valid")})
     return path
 
 
@@ -195,49 +198,64 @@ def test_promote_gate_rollback_evaluate_predict(tmp_path, server, searches, seal
     assert (table["class7"] == seven_class(table["prediction"].to_numpy())).all()
 
 
-def test_test_split_is_read_only_by_evaluate(tmp_path, server, searches, sealed, synth_path):
+@pytest.fixture(scope="module")
+def evaluated_model(tmp_path_factory, server, searches) -> str:
+    """The good search's best trial registered as its own model (tests in any order)."""
+    rc, out = _cli(["promote", searches["good"], "--model-name", "sati-eval"], server.uri, tmp_path_factory.mktemp("p"))
+    assert rc == 0, out[-3000:]
+    return "models:/sati-eval/1"
+
+
+def test_test_split_is_read_only_by_evaluate(tmp_path, server, evaluated_model, sealed, synth_path):
     client = MlflowClient(server.uri)
-    if not client.search_model_versions(f"name = '{MODEL}'"):
-        rc, out = _cli(["promote", searches["good"], "--model-name", MODEL], server.uri, tmp_path)
-        assert rc == 0, out[-3000:]
     # searches and promotions ran on a file without a test split; evaluate needs one
-    rc, out = _cli(["evaluate", f"models:/{MODEL}/2", "--data", str(sealed), "--no-log"], server.uri, tmp_path)
+    rc, out = _cli(["evaluate", evaluated_model, "--data", str(sealed), "--no-log"], server.uri, tmp_path)
     assert rc == 2 and f"{sealed}: split 'test' missing" in out
     for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
         assert not [k for k in run.data.metrics if k.startswith("test")], run.info.run_name
 
     out_dir = tmp_path / "eval"
-    rc, out = _cli(
-        [
-            "evaluate",
-            f"models:/{MODEL}/2",
-            "--data",
-            str(synth_path),
-            "--split",
-            "test",
-            "--noise",
-            "0.5",
-            "--drop",
-            "audio",
-            "--out-dir",
-            str(out_dir),
-        ],
-        server.uri,
-        tmp_path,
-    )
+    args = ["evaluate", evaluated_model, "--data", str(synth_path), "--split", "test", "--noise", "0.5"]
+    rc, out = _cli([*args, "--drop", "audio", "--out-dir", str(out_dir)], server.uri, tmp_path)
     assert rc == 0, out[-3000:]
     md = (out_dir / "table.md").read_text().splitlines()
     assert [line.split("|")[1].strip() for line in md[2:]] == ["clean", "noise σ=0.5", "drop audio"]
     assert "Acc-2 has0" in md[0] and "F1 non0" in md[0] and "Acc-5" in md[0]
     tex = (out_dir / "table.tex").read_text()
     assert r"\begin{tabular}" in tex and r"noise $\sigma$=0.5" in tex and "drop audio" in tex
-    run_id = client.get_model_version(MODEL, "2").tags["sati.evaluation.test"]
+    run_id = client.get_model_version("sati-eval", "1").tags["sati.evaluation.test"]
     run = client.get_run(run_id)
     metrics = run.data.metrics
     assert {"test/mae", "test/acc7", "test/noise0.5/mae", "test/drop_audio/corr"} <= set(metrics)
-    assert run.data.tags["sati.model_version"] == "2" and run.data.tags["sati.split"] == "test"
+    assert run.data.tags["sati.model_version"] == "1" and run.data.tags["sati.split"] == "test"
     assert metrics["test/noise0.5/mae"] != metrics["test/mae"]  # the noise reached the model
     assert {"table.md", "table.tex"} <= {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_a_changed_code_artifact_is_refused_before_it_is_loaded(tmp_path, server, evaluated_model, sealed):
+    client = MlflowClient(server.uri)
+    version = client.get_model_version("sati-eval", "1")
+    assert len(version.tags["sati.code_sha256"]) == 64
+    model_id = version.model_id or version.source.rsplit("/", 1)[-1]  # models:/m-<id>
+    [target] = [p for p in (server.root / "artifacts").rglob("code/sati/predictor.py") if model_id in p.parts]
+    original = target.read_bytes()
+    marker = tmp_path / "ran"
+    target.write_bytes(original + f"\nopen({str(marker)!r}, 'w').close()\n".encode())  # code that would run
+    try:
+        for args in (
+            ["evaluate", evaluated_model, "--data", str(sealed), "--split", "valid", "--no-log"],
+            ["predict", evaluated_model, "--data", str(sealed), "--out", str(tmp_path / "p.csv")],
+        ):
+            rc, out = _cli(args, server.uri, tmp_path)
+            assert rc == 2, out[-3000:]
+            assert f"{evaluated_model}: the model's code artifact changed after registration" in out
+            assert "sati-eval v1 recorded" in out
+        assert not marker.exists() and not (tmp_path / "p.csv").exists()  # nothing of it ran, nothing written
+    finally:
+        target.write_bytes(original)
+    rc, out = _cli(["evaluate", evaluated_model, "--data", str(sealed), "--split", "valid", "--no-log"],
+                   server.uri, tmp_path)  # fmt: skip
+    assert rc == 0, out[-3000:]
 
 
 def test_confirmation_reseeds_top_k_and_picks_by_mean_minus_std(tmp_path, server, searches):
@@ -291,37 +309,45 @@ def test_errors_name_the_problem_and_leave_the_registry_alone(tmp_path, server, 
         assert main([*args, "--tracking-uri", server.uri]) == 2, args
         assert message in capsys.readouterr().err, args
 
-    # a data file edited after the search: the reloaded model does not reproduce its validation metric
+    # a data file edited after the search: its recomputed checksum no longer matches
     edited = tmp_path / "edited.h5"
     shutil.copy(sealed, edited)
     with h5py.File(edited, "a") as f:
         f["valid/labels"][...] = -f["valid/labels"][()]
-    assert (
-        main(
-            [
-                "promote",
-                searches["good"],
-                "--model-name",
-                "sati-fresh",
-                "--data",
-                str(edited),
-                "--tracking-uri",
-                server.uri,
-            ]
-        )
-        == 2
-    )
+    promote_edited = ["promote", searches["good"], "--model-name", "sati-fresh", "--data", str(edited)]
+    assert main([*promote_edited, "--tracking-uri", server.uri]) == 2
     err = capsys.readouterr().err
-    assert "does not reproduce its validation metrics" in err and "valid/mae: logged" in err and "reloaded" in err
+    assert f"{edited}: its contents hash to" in err and "it was changed after it was written" in err
 
-    # a trial whose checkpoint artifact is gone
+    # a trial whose checkpoint is gone: from MLflow and from the search's storage
     weak_trial, _ = _best_trial(client, searches["weak"])
     for path in (server.root / "artifacts").rglob("best.pt"):
         if weak_trial in path.parts:
             path.unlink()
+    pointer = client.get_run(weak_trial).data.tags["sati.checkpoint_uri"]
+    # without its MLflow artifact, the checkpoint is read from the search's storage (a stopped trial's case)
+    assert main(["promote", searches["weak"], "--model-name", "sati-pointer", "--tracking-uri", server.uri]) == 0
+    assert "sati-pointer v1 is now 'champion'" in capsys.readouterr().out
+    Path(pointer).unlink()
     assert main(["promote", searches["weak"], "--model-name", "sati-fresh", "--tracking-uri", server.uri]) == 2
     err = capsys.readouterr().err
-    assert f"MLflow run {weak_trial}: checkpoint artifact 'checkpoint/best.pt' missing" in err
+    assert f"MLflow run {weak_trial}: no checkpoint artifact 'checkpoint/best.pt', and its Tune checkpoint" in err
+    assert pointer in err
     after = _versions(client, MODEL) if client.search_registered_models(f"name = '{MODEL}'") else []
     assert after == before
     assert not client.search_registered_models("name = 'sati-fresh'")  # created, then removed again
+
+
+def test_the_reload_check_refuses_a_model_that_does_not_reproduce_its_metrics(server, evaluated_model, sealed):
+    from sati.promote import PromotionError, _reproduce
+    from sati.tracking.store import TrackingStore
+
+    store = TrackingStore(server.uri)
+    valid = read_split(sealed, "valid")
+    tags = MlflowClient(server.uri).get_model_version("sati-eval", "1").tags
+    logged = {k[len("sati.") :]: float(v) for k, v in tags.items() if k.startswith("sati.valid/")}
+    assert "reproduced valid/mae" in _reproduce(store, evaluated_model, valid, logged, "valid/mae", 1e-3, "fp32")
+    flipped = replace(valid, labels=-valid.labels)  # other labels: the same model scores differently
+    with pytest.raises(PromotionError, match="does not reproduce its validation metrics within 0.001") as err:
+        _reproduce(store, evaluated_model, flipped, logged, "valid/mae", 1e-3, "fp32")
+    assert "valid/mae: logged" in str(err.value) and "checked in fp32, as trained" in str(err.value)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -75,6 +76,25 @@ def test_shipped_pipelines_name_a_valid_space(path):
             "did you mean 'ablation.adversarial'",
         ),
         ("model.gate: {choice: [linear, soft]}\n", "model.gate = 'soft': expected one of"),
+        ("model.fbp_pool: {int: [0, 8], log: true}\n", "model.fbp_pool: int with log needs low >= 1, got 0"),
+        ("model.fbp_pool: {int: [1, 9], step: 0}\n", "model.fbp_pool: step = 0: expected a whole number > 0"),
+        ("model.fbp_pool: {int: [1, 9], step: -2}\n", "model.fbp_pool: step = -2: expected a whole number > 0"),
+        ("model.fbp_pool: {int: [1, 9], step: 2, log: true}\n", "model.fbp_pool: step and log cannot be combined"),
+        ("model.fbp_pool: {int: [1, 8], step: 2}\n", "model.fbp_pool: step 2 does not divide high - low = 7"),
+        ("model.fbp_pool: {int: [1.5, 8]}\n", "model.fbp_pool: int bounds must be whole numbers, got [1.5, 8]"),
+        (
+            "train.lr: {uniform: [0.001, 0.01], step: 0.001}\n",
+            "train.lr: step applies to int ranges only, not to uniform",
+        ),
+        (
+            "train.lr: {uniform: [0.001, 0.01], log: true}\n",
+            "train.lr: log applies to int ranges only, not to uniform; use loguniform for a log scale",
+        ),
+        (
+            "model.fbp_pool: {choice: [1, 2], step: 1}\n",
+            "model.fbp_pool: step applies to int ranges only, not to choice",
+        ),
+        ("train.lr: {loguniform: [1.0e-5, .inf]}\n", "train.lr: bounds must be finite"),
     ],
 )
 def test_bad_spaces_name_file_key_and_expectation(tmp_path, text, fragment):
@@ -96,6 +116,34 @@ def test_conditions_sample_tau_and_s_only_with_the_angular_margin_loss():
     assert {"loss.margin", "loss.scale", "loss.domain_weight"} <= set(with_margin)
     assert not {"loss.margin", "loss.scale", "loss.domain_weight"} & set(without)
     assert 0.1 <= with_margin["loss.margin"] <= 0.5 and with_margin["loss.scale"] in (8.0, 16.0, 30.0, 48.0, 64.0)
+
+
+@pytest.mark.parametrize(
+    "space, sections, message",
+    [
+        ({"model.fbp_pool": {"int": [0, 8], "log": True}}, {}, "int with log needs low >= 1"),
+        ({"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}, {"search": {"num_samples": 0}},
+         "search.num_samples = 0: expected int >= 1"),
+        ({"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}},
+         {"train": {"selection_metric": "valid/acc2_non0", "selection_mode": "min"}},
+         "train.selection_mode = 'min' contradicts train.selection_metric = 'valid/acc2_non0'"),
+        ({"train.lr": {"loguniform": [1.0e-4, 1.0e-2]}}, {"train": {"selection_metric": "valid/mea"}},
+         "train.selection_metric = 'valid/mea': not a metric the trainer reports"),
+    ],
+)  # fmt: skip
+def test_bad_input_stops_the_search_before_anything_starts(
+    tmp_path, synth_path, tiny_encoder, space, sections, message
+):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    pipeline = write_search_pipeline(
+        tmp_path / "p.yaml", synth_path, tiny_encoder, uri, tmp_path / "ray", space, **sections
+    )
+    out = run_sati(["search", str(pipeline)], cwd=tmp_path, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
+    assert str(tmp_path / "p") in errors[0]  # names the file
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()  # no run, no Ray
 
 
 def test_unreachable_tracking_uri_fails_before_any_trial(tmp_path, synth_path, tiny_encoder):
@@ -176,7 +224,15 @@ def test_search_logs_parent_and_trial_runs(tmp_path, synth_path, tiny_encoder, m
         assert run.data.params["train.epochs"] == "3" and "train.lr" in run.data.params  # fixed and sampled
         history = client.get_metric_history(run.info.run_id, "valid/mae")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
-        assert {"checkpoint/best.pt", "learning_curve.png"} <= _all_artifacts(client, run.info.run_id)
+        files = _all_artifacts(client, run.info.run_id)
+        assert "learning_curve.png" in files
+        # weights in MLflow only for trials that finished; every trial points at its Tune checkpoint
+        finished = run.data.tags["sati.trial_status"] == "finished"
+        assert ("checkpoint/best.pt" in files) == finished, (run.data.tags["sati.trial_status"], files)
+        best = Path(run.data.tags["sati.checkpoint_uri"])
+        assert best.name == "best.pt" and best.is_file() and not (best.parent / "last.pt").exists()
+        # epoch is the step, not a metric; the trainer's flags are not metrics
+        assert "epoch" not in run.data.metrics and not [k for k in run.data.metrics if k.startswith("trainer/")]
         # the test split is sealed: no test metric reaches MLflow
         assert not [k for k in run.data.metrics if k.startswith("test/")]
     assert max(len(client.get_metric_history(r.info.run_id, "valid/mae")) for r in children) == 3
@@ -245,11 +301,14 @@ def test_interrupted_search_resumes_with_one_run_per_trial(tmp_path, synth_path,
         start_new_session=True,
     )
     client = MlflowClient(mlflow_server.uri)
-    experiment = [client.get_experiment_by_name("test-search").experiment_id]
     deadline = time.time() + 300
     killed, parent_id = False, None
     while time.time() < deadline and driver.poll() is None:
         time.sleep(1)
+        exp = client.get_experiment_by_name("test-search")  # the driver creates it (this test may run first)
+        if exp is None:
+            continue
+        experiment = [exp.experiment_id]
         parents = [
             r
             for r in client.search_runs(experiment, "tags.`sati.role` = 'search'")
@@ -272,8 +331,67 @@ def test_interrupted_search_resumes_with_one_run_per_trial(tmp_path, synth_path,
     children = _children(client, parent_id)
     trial_ids = [r.data.tags["sati.trial_id"] for r in children]
     assert len(trial_ids) == len(set(trial_ids)) == 4  # one run per trial, none duplicated
-    assert {r.info.status for r in children} <= {"FINISHED", "FAILED"}  # none left RUNNING
+    reasons = [(r.info.status, r.data.tags.get("sati.failure_reason")) for r in children]
+    assert [r.info.status for r in children] == ["FINISHED"] * 4, reasons  # every trial finished, none RUNNING
     for run in children:
-        epochs = [m.step for m in client.get_metric_history(run.info.run_id, "epoch")]
-        assert sorted(set(epochs)) == [1, 2, 3, 4]  # every trial finished, each epoch once
+        epochs = [m.step for m in client.get_metric_history(run.info.run_id, "valid/mae")]
+        assert epochs == [1, 2, 3, 4]  # each epoch logged once, also those a restored trial re-ran
     assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_cpu_hour_budget_stops_launching_trials_and_the_parent_run_says_why(
+    tmp_path, synth_path, tiny_encoder, mlflow_server
+):
+    # one trial at a time; the first one alone spends the budget (a few seconds of one CPU)
+    pipeline = write_search_pipeline(
+        tmp_path / "p.yaml", synth_path, tiny_encoder, mlflow_server.uri, tmp_path / "ray",
+        {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}},
+        search={"num_samples": 6, "max_concurrent": 1, "scheduler": "fifo", "budget_cpu_hours": 0.0005},
+        train={"epochs": 2},
+    )  # fmt: skip
+    out = run_sati(["search", str(pipeline)], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(mlflow_server.uri)
+    parent_id = _parent_id(out.stdout)
+    parent = client.get_run(parent_id)
+    children = _children(client, parent_id)
+    assert 1 <= len(children) < 6
+    assert parent.data.tags["sati.stopped_reason"].startswith("stopped for the budget: the trials used")
+    assert f"{len(children)} of 6 trials ran" in parent.data.tags["sati.stopped_reason"]
+    assert "stopped for the budget" in out.stdout
+    # each trial's cost is its wall time × 1 CPU; the parent holds the total
+    per_trial = [r.data.metrics["cost/cpu_hours"] for r in children]
+    assert all(c > 0 for c in per_trial) and all(r.data.metrics["cost/gpu_hours"] == 0 for r in children)
+    assert parent.data.metrics["cost/cpu_hours"] == pytest.approx(sum(per_trial), rel=0.05)
+    assert parent.data.metrics["cost/cpu_hours"] >= 0.0005
+
+
+@pytest.mark.slow
+def test_a_stopped_trial_uploads_no_weights_and_points_at_its_tune_checkpoint(
+    tmp_path, synth_path, tiny_encoder, mlflow_server
+):
+    # one trial at a time: the first runs all epochs, a later one at lr 1e-9 falls behind at the
+    # first rung and ASHA stops it (the sampler is seeded, so the same trials come every time)
+    pipeline = write_search_pipeline(
+        tmp_path / "p.yaml", synth_path, tiny_encoder, mlflow_server.uri, tmp_path / "ray",
+        {"train.lr": {"choice": [3.0e-3, 1.0e-9]}},
+        search={"num_samples": 4, "max_concurrent": 1, "scheduler": "asha", "reduction_factor": 2},
+    )  # fmt: skip
+    out = run_sati(["search", str(pipeline)], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(mlflow_server.uri)
+    children = _children(client, _parent_id(out.stdout))
+    by_status = {}
+    for run in children:
+        by_status.setdefault(run.data.tags["sati.trial_status"], []).append(run)
+    assert by_status.get("stopped") and by_status.get("finished"), {k: len(v) for k, v in by_status.items()}
+    for status, runs in by_status.items():
+        for run in runs:
+            files = _all_artifacts(client, run.info.run_id)
+            assert ("checkpoint/best.pt" in files) == (status == "finished"), (status, files)
+            best = Path(run.data.tags["sati.checkpoint_uri"])
+            assert best.is_file() and not (best.parent / "last.pt").exists()  # no resume state after the end
+            # only the newest checkpoint directory of the trial keeps files
+            kept = [d for d in best.parent.parent.glob("checkpoint_*") if any(d.iterdir())]
+            assert kept == [best.parent]

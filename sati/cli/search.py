@@ -19,6 +19,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="continue an interrupted search (its directory or MLflow parent run id)",
     )
+    search.add_argument(
+        "--check",
+        action="store_true",
+        help="run the pre-flight only (resources, data and storage on every node, text encoder) and exit 0 or 2",
+    )
     add_tracking_uri(
         search, "with --resume RUN_ID: the MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)"
     )
@@ -34,5 +39,7 @@ def _search(args) -> int:
         if not args.pipeline:
             raise ConfigError("sati search: give a pipeline YAML, or --resume SEARCH_DIR_OR_RUN_ID")
         overrides = list(args.overrides) + ([f"search.ray_address={args.address}"] if args.address else [])
-        outcome = run_search(load_pipeline(args.pipeline, overrides))
+        outcome = run_search(load_pipeline(args.pipeline, overrides), check_only=args.check)
+        if args.check:
+            return 0
     return 0 if outcome.best else 1

@@ -41,7 +41,7 @@ def _config(args) -> int:
 
 
 def _train(args) -> int:
-    from sati.checkpoint import load_checkpoint
+    from sati.checkpoint import load_checkpoint, restore_model
     from sati.data.loaders import load_split_datasets
     from sati.devices import resolve_device
     from sati.metrics import format_table
@@ -65,7 +65,7 @@ def _train(args) -> int:
 
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, info).to(device)
-    model.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])
+    restore_model(model, load_checkpoint(result.best_checkpoint, map_location=device), result.best_checkpoint)
     splits = ["valid"]
     metrics = split_metrics(model, datasets["valid"], "valid", cfg.train.eval_batch_size, device, cfg.train.precision)
     if args.eval_test:

@@ -376,3 +376,16 @@ def check_feature_dims(
                 f"{source}: model.{name}_heads = {heads} does not divide the feature dim {have} "
                 f"of its {name}; choose one of {choices}"
             )
+
+
+def verify_checksum(path: str | Path) -> str:
+    """Recompute the content checksum over every split in the file; refuse a file whose contents no
+    longer match the checksum it was written with (edited afterwards). Returns the checksum."""
+    info = read_info(path)
+    actual = content_checksum({split: read_split(path, split) for split in list_splits(path)})
+    if actual != info.checksum:
+        raise DataError(
+            f"{path}: its contents hash to {actual[:12]}… but the file records {info.checksum[:12]}…: "
+            "it was changed after it was written (re-create it with `sati data prepare` or `sati data synth`)"
+        )
+    return actual

@@ -1,5 +1,15 @@
 """Driver-side Tune callback: MLflow runs follow Tune's trial events, so a run ends properly even
-when a scheduler stops its trial (code after a trial's last report never runs then)."""
+when a scheduler stops its trial (code after a trial's last report never runs then).
+
+Tune keeps every checkpoint directory (``num_to_keep`` would let it delete the one its last
+experiment snapshot names before the next snapshot is written, and a driver killed in between leaves
+a search that cannot resume). This callback empties the files of all but the two newest instead,
+keeping the directories: a snapshot that names an emptied one restarts that trial from scratch.
+When a trial ends, only its newest checkpoint keeps files, and its resume state (``last.pt``:
+optimizer and bookkeeping) is deleted too, unless the trial failed and may be resumed. Its ``best.pt`` is uploaded to
+MLflow per ``search.log_checkpoints`` (finished trials only, by default); every trial run records
+where its Tune checkpoint is (``sati.checkpoint_uri``), from which promotion can read it too.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +17,53 @@ from pathlib import Path
 
 from ray import tune
 
+from sati import storage
 from sati.config import flatten
-from sati.search.trainable import FINISHED, TrialResolver
+from sati.search.trainable import FINISHED, RESUME_FILES, TrialResolver
 from sati.tracking.searches import TrialRuns
 
 
 class TrackingCallback(tune.Callback):
     """One MLflow child run per trial: params, per-epoch metrics, best checkpoint, learning curve."""
 
-    def __init__(self, runs: TrialRuns, resolve: TrialResolver, metric: str):
+    def __init__(self, runs: TrialRuns, resolve: TrialResolver, metric: str, experiment_uri: str, upload: str):
         self.runs, self.resolve, self.metric = runs, resolve, metric
+        self.experiment_uri = experiment_uri  # the search dir as the user named it (local path or URI)
+        self.upload = upload  # search.log_checkpoints
+        self.resources: dict[str, tuple[float, float]] = {}  # trial id → (CPUs, GPUs) it holds
 
     def on_trial_start(self, iteration, trials, trial, **info):
         resolved, tags = self.resolve(trial.config)
+        self.resources[trial.trial_id] = (resolved.search.resources.cpu, resolved.search.resources.gpu)
         self.runs.start(trial.trial_id, str(trial), flatten(resolved.to_dict()), tags=tags)
 
     on_trial_restore = on_trial_start
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if trial.trial_id not in self.runs.runs:
+        if trial.trial_id not in self.runs.runs or trial.trial_id not in self.resources:
             self.on_trial_start(iteration, trials, trial)
-        self.runs.log_epoch(trial.trial_id, result)
+        self.runs.log_epoch(trial.trial_id, {**result, **trial_cost(result, *self.resources[trial.trial_id])})
         if result.get("node_id") and result.get("iterations_since_restore") == 1:
             self.runs.record_node(trial.trial_id, result["node_id"])
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        _prune(checkpoint, keep=2)
 
     def _finish(self, trial, status: str, reason: str | None):
         ckpt = trial.checkpoint
         if ckpt is not None:
             try:
-                with ckpt.as_directory() as d:
-                    if (Path(d) / "best.pt").exists():
-                        self.runs.log_checkpoint(trial.trial_id, Path(d) / "best.pt")
+                rel = Path(ckpt.path).relative_to(Path(trial.storage.experiment_fs_path)).as_posix()
+                self.runs.record_checkpoint(trial.trial_id, storage.join(self.experiment_uri, rel, "best.pt"))
+                _prune(ckpt, keep=1)
+                if status != "failed":  # finished or stopped: it can never resume
+                    storage.delete_files(ckpt.filesystem, ckpt.path, RESUME_FILES)
+                if status == "finished" and self.upload == "finished":
+                    with ckpt.as_directory() as d:
+                        if (Path(d) / "best.pt").exists():
+                            self.runs.log_checkpoint(trial.trial_id, Path(d) / "best.pt")
             except Exception as err:  # the search goes on; the run says what is missing
-                reason = (reason or "") + f" (checkpoint upload failed: {err})"
+                reason = (reason or "") + f" (checkpoint bookkeeping failed: {err})"
         self.runs.finish(trial.trial_id, status, reason, self.metric)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -57,6 +81,30 @@ class TrackingCallback(tune.Callback):
 
     def set_state(self, state):
         self.runs.runs.update(state.get("runs", {}))
+
+
+def _prune(checkpoint, keep: int) -> None:
+    """Empty the trial's checkpoint directories older than the ``keep`` newest (up to ``checkpoint``);
+    the directories stay, so a restore that names one starts the trial afresh instead of failing."""
+    import pyarrow.fs
+
+    fs, trial_dir = checkpoint.filesystem, str(Path(checkpoint.path).parent)
+    dirs = sorted(
+        info.path
+        for info in fs.get_file_info(pyarrow.fs.FileSelector(trial_dir))
+        if info.type == pyarrow.fs.FileType.Directory and Path(info.path).name.startswith("checkpoint_")
+    )
+    newest = dirs.index(checkpoint.path) if checkpoint.path in dirs else len(dirs) - 1
+    for old in dirs[: max(0, newest + 1 - keep)]:
+        for item in fs.get_file_info(pyarrow.fs.FileSelector(old)):
+            if item.type == pyarrow.fs.FileType.File:
+                fs.delete_file(item.path)
+
+
+def trial_cost(result: dict, cpus: float, gpus: float) -> dict[str, float]:
+    """What a trial has cost so far: its wall time (``time_total_s``, over restores) × what it holds."""
+    hours = float(result.get("time_total_s", 0.0)) / 3600
+    return {"cost/cpu_hours": hours * cpus, "cost/gpu_hours": hours * gpus}
 
 
 def _error_text(trial) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from sati.config import PipelineConfig
@@ -58,4 +59,49 @@ class StopAwareOptunaSearch(OptunaSearch):
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+class BudgetedLimiter(ConcurrencyLimiter):
+    """At most ``max_concurrent`` trials at once, and no new trial once the trials have used the
+    budget: GPU-hours (a trial's wall time × its GPUs, fractions as such) or CPU-hours. Trials that
+    are running when the budget is spent finish; the search then ends."""
+
+    def __init__(
+        self,
+        searcher: Searcher,
+        max_concurrent: int,
+        resources: tuple[float, float],
+        budget_hours: tuple[float | None, float | None],
+    ):
+        super().__init__(searcher, max_concurrent)
+        self.cpu, self.gpu = resources  # per trial
+        self.budget_cpu_hours, self.budget_gpu_hours = budget_hours
+        self.seconds: dict[str, float] = {}  # trial id → its time_total_s so far
+        self.exhausted = False
+
+    def spent(self) -> tuple[float, float]:
+        """(CPU-hours, GPU-hours) used by every trial so far."""
+        hours = sum(self.seconds.values()) / 3600
+        return hours * self.cpu, hours * self.gpu
+
+    def _over_budget(self) -> bool:
+        cpu_h, gpu_h = self.spent()
+        return (self.budget_cpu_hours is not None and cpu_h >= self.budget_cpu_hours) or (
+            self.budget_gpu_hours is not None and gpu_h >= self.budget_gpu_hours
+        )
+
+    def suggest(self, trial_id: str):
+        if self._over_budget():
+            self.exhausted = True
+            return Searcher.FINISHED
+        return super().suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.seconds[trial_id] = float(result.get("time_total_s", 0.0))
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if result and "time_total_s" in result:
+            self.seconds[trial_id] = float(result["time_total_s"])
         super().on_trial_complete(trial_id, result=result, error=error)

@@ -130,6 +130,13 @@ def _parse_param(path: Path, keys: set, key: str, spec: Any, base: PipelineConfi
     when = spec.get("when") or {}
     if not isinstance(when, dict):
         raise ConfigError(f"{path}: {key}: 'when' must map config keys to values")
+    step, log = spec.get("step"), spec.get("log", False)
+    if kind != "int" and ("step" in spec or "log" in spec):
+        given = " and ".join(k for k in ("step", "log") if k in spec)
+        hint = "; use loguniform for a log scale" if kind == "uniform" and "log" in spec else ""
+        raise ConfigError(f"{path}: {key}: {given} applies to int ranges only, not to {kind}{hint}")
+    if not isinstance(log, bool):
+        raise ConfigError(f"{path}: {key}: log = {log!r}: expected true or false")
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise ConfigError(f"{path}: {key}: choice needs a non-empty list")
@@ -137,14 +144,20 @@ def _parse_param(path: Path, keys: set, key: str, spec: Any, base: PipelineConfi
     else:
         if not (isinstance(args, list) and len(args) == 2):
             raise ConfigError(f"{path}: {key}: {kind} needs [low, high]")
+        if kind == "int" and not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+            raise ConfigError(f"{path}: {key}: int bounds must be whole numbers, got {args!r}")
         try:
             low, high = (float(a) for a in args) if kind != "int" else (int(a) for a in args)
         except (TypeError, ValueError):
             raise ConfigError(f"{path}: {key}: {kind} bounds must be numbers, got {args!r}") from None
+        if any(math.isinf(v) or math.isnan(v) for v in (low, high)):
+            raise ConfigError(f"{path}: {key}: bounds must be finite, got {args!r}")
         if not low < high:
             raise ConfigError(f"{path}: {key}: {kind} needs low < high, got {args!r}")
         if kind == "loguniform" and low <= 0:
             raise ConfigError(f"{path}: {key}: loguniform needs low > 0, got {low}")
+        if kind == "int":
+            _check_int_range(path, key, low, high, step, log)
         values = [low, high]
         args = [low, high]
     for v in values:  # every end point / choice must be a value the config accepts
@@ -152,8 +165,22 @@ def _parse_param(path: Path, keys: set, key: str, spec: Any, base: PipelineConfi
             base.replace({key: v}, source=f"{path}: {key}")
         except ConfigError as err:
             raise ConfigError(f"{err} (from the search space)") from None
-    if kind != "choice" and any(math.isinf(v) for v in args):
-        raise ConfigError(f"{path}: {key}: bounds must be finite")
-    return Param(
-        key=key, kind=kind, args=tuple(args), step=spec.get("step"), log=bool(spec.get("log", False)), when=dict(when)
-    )
+    return Param(key=key, kind=kind, args=tuple(args), step=step, log=log, when=dict(when))
+
+
+def _check_int_range(path: Path, key: str, low: int, high: int, step: Any, log: bool) -> None:
+    """What Optuna's ``suggest_int`` would refuse only once it samples, refused at load."""
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, int) or step <= 0:
+            raise ConfigError(f"{path}: {key}: step = {step!r}: expected a whole number > 0")
+        if log:
+            raise ConfigError(
+                f"{path}: {key}: step and log cannot be combined (Optuna samples a log scale without steps)"
+            )
+        if (high - low) % step:
+            raise ConfigError(
+                f"{path}: {key}: step {step} does not divide high - low = {high - low}; "
+                f"expected a range whose ends are whole steps apart"
+            )
+    if log and low <= 0:
+        raise ConfigError(f"{path}: {key}: int with log needs low >= 1, got {low}")

@@ -24,13 +24,36 @@ def trial_rows(cfg: PipelineConfig, results, runs_by_trial: dict[str, RunInfo], 
             {
                 "trial_id": trial_id,
                 "state": state,
-                "epochs": m.get("training_iteration", 0),
+                "epochs": m.get("epoch", m.get("training_iteration", 0)),
                 metric: m.get(tune_metric, float("nan")),
+                "seconds": float(m.get("time_total_s", 0.0)),
                 **{k: v for k, v in (result.config or {}).items() if "." in k},
                 "mlflow_run_id": run.run_id if run else "",
             }
         )
     return rows
+
+
+def search_cost(cfg: PipelineConfig, rows: list[dict]) -> dict[str, float]:
+    """The search's total CPU- and GPU-hours: each trial's wall time × the resources it held."""
+    seconds = sum(r.get("seconds", 0.0) for r in rows)
+    r = cfg.search.resources
+    return {"cost/cpu_hours": seconds / 3600 * r.cpu, "cost/gpu_hours": seconds / 3600 * r.gpu}
+
+
+def budget_note(cfg: PipelineConfig, rows: list[dict], cost: dict[str, float]) -> str | None:
+    """Why the search ran fewer trials than ``search.num_samples``, when a budget stopped it."""
+    s = cfg.search
+    if len(rows) >= s.num_samples:
+        return None
+    for kind, budget in (("gpu", s.budget_gpu_hours), ("cpu", s.budget_cpu_hours)):
+        spent = cost[f"cost/{kind}_hours"]
+        if budget is not None and spent >= budget:
+            return (
+                f"stopped for the budget: the trials used {spent:.3g} {kind.upper()}-hours of "
+                f"search.budget_{kind}_hours = {budget:g}; {len(rows)} of {s.num_samples} trials ran"
+            )
+    return None
 
 
 def finite(v: Any) -> bool:

@@ -26,19 +26,33 @@ TrialResolver = Callable[[dict[str, Any]], tuple[PipelineConfig, dict[str, str]]
 
 
 class TuneReporter:
-    """Reports each epoch's metrics and checkpoint files to Tune (no progress bars in trials)."""
+    """Reports each epoch's metrics to Tune (no progress bars in trials), with a checkpoint only when
+    the trial's best improves or every ``checkpoint_every`` epochs: ``best.pt`` (the weights, once)
+    and ``last.pt`` (optimizer state; its weights are ``best.pt``'s when the epoch is the best)."""
+
+    def __init__(self, checkpoint_every: int = 0):
+        self.checkpoint_every = checkpoint_every
 
     def progress(self, batches, total, desc):
         return batches
 
     def on_epoch_end(self, epoch, metrics, checkpoint, is_best):
+        report = {**_plain(metrics), "node_id": ray.get_runtime_context().get_node_id()}
+        if not (is_best or (self.checkpoint_every and epoch % self.checkpoint_every == 0)):
+            tune.report(report)
+            return
         ckpt_dir = Path(checkpoint).parent
-        with tempfile.TemporaryDirectory() as d:
-            for name in ("last.pt", "best.pt", "best.json"):
+        with tempfile.TemporaryDirectory(dir=ckpt_dir.parent) as d:
+            for name in CHECKPOINT_FILES:
                 if (ckpt_dir / name).exists():
                     _link_or_copy(ckpt_dir / name, Path(d) / name)
-            node = ray.get_runtime_context().get_node_id()
-            tune.report({**_plain(metrics), "node_id": node}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+# What a reported checkpoint holds; ``last.*`` are deleted from a trial's final checkpoint once it
+# can no longer resume (``sati.search.callbacks``).
+CHECKPOINT_FILES = ("best.pt", "best.json", "last.pt", "last.json")
+RESUME_FILES = ("last.pt", "last.json")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -54,31 +68,36 @@ def _plain(metrics: dict) -> dict:
 
 
 def train_trial(config: dict[str, Any], resolve: TrialResolver) -> None:
-    """Ray function trainable: ``resolve(config)`` gives the trial's pipeline."""
+    """Ray function trainable: ``resolve(config)`` gives the trial's pipeline.
+
+    The trainer works in a scratch folder on the worker's local disk, not under the search's storage:
+    the only copy in storage is the checkpoint Tune keeps. The folder goes when the trial ends."""
     from sati.trainer import fit
 
     cfg, _ = resolve(config)
-    trial_dir = Path(tune.get_context().get_trial_dir())
-    cfg = cfg.replace({"train.out_dir": str(trial_dir / "train")})
-    gpu = cfg.search.resources.gpu
-    if 0 < gpu < 1:  # Ray does not isolate GPU memory between trials that share a GPU
-        import torch
+    work = Path(tempfile.mkdtemp(prefix=f"sati-trial-{tune.get_context().get_trial_id()}-"))
+    try:
+        cfg = cfg.replace({"train.out_dir": str(work)})
+        gpu = cfg.search.resources.gpu
+        if 0 < gpu < 1:  # Ray does not isolate GPU memory between trials that share a GPU
+            import torch
 
-        if torch.cuda.is_available():
-            torch.cuda.set_per_process_memory_fraction(gpu * 0.95)
-    resume = None
-    restored = tune.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as d:
-            local = trial_dir / "restored"
-            local.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(Path(d) / "last.pt", local / "last.pt")
-            if (Path(d) / "best.pt").exists():
-                (trial_dir / "train" / "checkpoints").mkdir(parents=True, exist_ok=True)
-                shutil.copy2(Path(d) / "best.pt", trial_dir / "train" / "checkpoints" / "best.pt")
-            resume = local / "last.pt"
-    datasets, info = _cached_datasets(cfg)
-    fit(cfg, TuneReporter(), resume=resume, datasets=datasets, info=info)
+            if torch.cuda.is_available():
+                torch.cuda.set_per_process_memory_fraction(gpu * 0.95)
+        resume = None
+        restored = tune.get_checkpoint()
+        if restored is not None:
+            with restored.as_directory() as d:
+                (work / "checkpoints").mkdir(parents=True, exist_ok=True)
+                for name in CHECKPOINT_FILES:
+                    if (Path(d) / name).exists():
+                        shutil.copy2(Path(d) / name, work / "checkpoints" / name)
+            if (work / "checkpoints" / "last.pt").exists():  # an emptied old checkpoint: start afresh
+                resume = work / "checkpoints" / "last.pt"
+        datasets, info = _cached_datasets(cfg)
+        fit(cfg, TuneReporter(cfg.search.checkpoint_every), resume=resume, datasets=datasets, info=info)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 _DATA_CACHE: dict = {}

@@ -5,11 +5,11 @@ the trial's best-so-far validation value, which is comparable at every rung."""
 from __future__ import annotations
 
 from ray import tune
-from ray.tune.search import ConcurrencyLimiter
 
+from sati import storage
 from sati.config import PipelineConfig
 from sati.search.callbacks import TrackingCallback
-from sati.search.searcher import DefineByRun, StopAwareOptunaSearch, tpe_sampler
+from sati.search.searcher import BudgetedLimiter, DefineByRun, StopAwareOptunaSearch, tpe_sampler
 from sati.search.space import SearchSpace
 from sati.search.trainable import TrialResolver, train_trial
 from sati.search.trial_configs import ReseededPipelines, SampledPipelines
@@ -27,15 +27,13 @@ def _scheduler(cfg: PipelineConfig):
     s = cfg.search
     if s.scheduler == "asha":
         return ASHAScheduler(
-            time_attr="training_iteration",
+            time_attr="epoch",  # the trainer's epoch, also when a trial restarted afresh after a restore
             max_t=cfg.train.epochs,
             grace_period=min(s.grace_period, cfg.train.epochs),
             reduction_factor=s.reduction_factor,
         )
     if s.scheduler == "hyperband":
-        return HyperBandScheduler(
-            time_attr="training_iteration", max_t=cfg.train.epochs, reduction_factor=s.reduction_factor
-        )
+        return HyperBandScheduler(time_attr="epoch", max_t=cfg.train.epochs, reduction_factor=s.reduction_factor)
     return FIFOScheduler()
 
 
@@ -50,6 +48,7 @@ def _run_config(
     """Where the experiment state goes, the MLflow callback, retries, and the live table (trials,
     state, epoch, best validation metric, ``parameter_columns``)."""
     s, metric = cfg.search, cfg.train.selection_metric
+    experiment_uri = storage.join(storage_path, name)
     table = tune.CLIReporter(
         metric_columns={"epoch": "epoch", tune_metric(cfg): f"best {metric}"},
         parameter_columns=parameter_columns,
@@ -59,10 +58,11 @@ def _run_config(
     return tune.RunConfig(
         name=name,
         storage_path=storage_path,
-        callbacks=[TrackingCallback(runs, resolve, metric)],
+        callbacks=[TrackingCallback(runs, resolve, metric, experiment_uri, s.log_checkpoints)],
         progress_reporter=table,
         failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # every checkpoint directory is kept; TrackingCallback empties all but the newest (its docstring)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         verbose=1,
     )
 
@@ -94,7 +94,12 @@ def build_search_tuner(cfg: PipelineConfig, space: SearchSpace, name: str, runs:
             metric=tune_metric(cfg),
             mode=cfg.train.selection_direction,
             num_samples=s.num_samples,
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent),
+            search_alg=BudgetedLimiter(
+                searcher,
+                s.max_concurrent,
+                (s.resources.cpu, s.resources.gpu),
+                (s.budget_cpu_hours, s.budget_gpu_hours),
+            ),
             scheduler=_scheduler(cfg),
             time_budget_s=s.time_budget_s,
             reuse_actors=s.reuse_actors,

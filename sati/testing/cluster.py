@@ -178,14 +178,16 @@ class RayCluster:
         )
         return self.head
 
-    def add_worker(self, num_cpus: int = 1) -> Service:
+    def add_worker(self, num_cpus: int = 1, hide: tuple[Path, ...] = ()) -> Service:
+        """A worker raylet; ``hide``: folders it sees empty (a private mount namespace with a tmpfs over
+        each), as a machine without the shared mount would."""
         i = len(self.workers) + 1
-        worker = Service(
-            f"ray-worker-{i}",
-            [RAY, "start", f"--address={self.address}", f"--num-cpus={num_cpus}", "--num-gpus=0", *self._common()],
-            self.log_dir / f"ray-worker-{i}.log",
-            self.env,
-        )
+        argv = [RAY, "start", f"--address={self.address}", f"--num-cpus={num_cpus}", "--num-gpus=0", *self._common()]
+        if hide:
+            mounts = " && ".join(f"mkdir -p '{d}' && mount -t tmpfs none '{d}'" for d in hide)
+            command = " ".join(f"'{a}'" for a in argv)
+            argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{mounts} && exec {command}"]
+        worker = Service(f"ray-worker-{i}", argv, self.log_dir / f"ray-worker-{i}.log", self.env)
         self.workers.append(worker)
         return worker
 
@@ -250,8 +252,10 @@ def cluster_env(mark: str) -> dict:
     return env
 
 
-def start_search(pipeline: Path, address: str, env: dict, log_dir: Path, cwd: Path, *overrides: str) -> Service:
-    sets = [a for o in overrides for a in ("--set", o)]
+def start_search(
+    pipeline: Path, address: str, env: dict, log_dir: Path, cwd: Path, *overrides: str, extra: tuple[str, ...] = ()
+) -> Service:
+    sets = [a for o in overrides for a in ("--set", o)] + list(extra)
     return Service(
         "sati-search",
         [sys.executable, "-m", "sati.cli", "search", pipeline, "--address", address, *sets],
@@ -402,13 +406,50 @@ def throughput(args, mark: str, report: dict, stack: contextlib.ExitStack) -> No
         report["nodes_used"] = sorted({n for r in runs for n in r["tags"].get(contract.NODES, "").split(",") if n})
 
 
+def preflight(args, mark: str, report: dict, stack: contextlib.ExitStack) -> None:
+    """Head (0 CPUs) + 2 worker raylets, the second seeing two folders empty (``hidden-data``,
+    ``hidden-storage``); ``sati search --check`` on a good setup, with the data only in a hidden
+    folder (present on the head and the first worker only), and with the storage in a hidden folder."""
+    import yaml
+
+    root, env = Path(args.root), cluster_env(mark)
+    logs = root / "logs"
+    hidden_data, hidden_storage = root / "hidden-data", root / "hidden-storage"
+    for d in (hidden_data, hidden_storage):
+        d.mkdir(parents=True, exist_ok=True)
+    data = Path(yaml.safe_load(Path(args.pipeline).read_text())["data"]["path"])
+    shutil.copy2(data, hidden_data / data.name)
+    ray = RayCluster(env, logs)
+    stack.callback(ray.stop)
+    ray.wait_started(ray.start_head())
+    workers = []
+    for hide in ((), (hidden_data, hidden_storage)):  # one after the other: no race for ports
+        workers.append(ray.add_worker(1, hide=hide))
+        ray.wait_started(workers[-1])
+    ids = [ray.node_id(w) for w in workers]
+    report["worker_nodes"] = ids
+    ray.wait_nodes([*ids, ray.node_id(ray.head)], args.join_timeout)
+    report["nodes_joined"] = len(ray.active_nodes())
+    common = [f"tracking.uri=sqlite:///{root / 'mlflow.db'}"]
+    cases = {
+        "good": common,
+        "data_on_head_only": [*common, f"data.path={hidden_data / data.name}"],
+        "storage_not_shared": [*common, f"search.storage_path={hidden_storage}"],
+    }
+    for case, sets in cases.items():
+        t0 = time.time()
+        search = start_search(Path(args.pipeline), ray.address, env, logs, root, *sets, extra=("--check",))
+        rc = search.proc.wait(args.search_timeout)
+        report[case] = {"rc": rc, "seconds": round(time.time() - t0, 1), "output": search.log_text()[-6000:]}
+
+
 def _exit_on_sigterm(signum, frame):
     raise SystemExit(143)  # a timeout above us: the ExitStack still cleans up
 
 
 def _inner(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("scenario", choices=["lose-a-worker", "throughput"])
+    ap.add_argument("scenario", choices=["lose-a-worker", "throughput", "preflight"])
     ap.add_argument("--pipeline", required=True)
     ap.add_argument("--root", required=True)
     ap.add_argument("--report", required=True)
@@ -429,7 +470,7 @@ def _inner(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             stack.callback(lambda: report.__setitem__("swept", sweep(args.mark)))
-            {"lose-a-worker": lose_a_worker, "throughput": throughput}[args.scenario](
+            {"lose-a-worker": lose_a_worker, "throughput": throughput, "preflight": preflight}[args.scenario](
                 args, mark=args.mark, report=report, stack=stack
             )
     except Exception as err:  # the report says what went wrong; the caller fails on it

@@ -1,5 +1,5 @@
-"""Real servers on 127.0.0.1 for tests and benchmarks: Postgres and ``mlflow server`` (SQLite or
-Postgres backend store, artifacts proxied to a folder)."""
+"""Real servers on 127.0.0.1 for tests and benchmarks: Postgres, ``mlflow server`` (SQLite or
+Postgres backend store, artifacts proxied to a folder) and an S3-compatible object store (moto)."""
 
 from __future__ import annotations
 
@@ -174,6 +174,70 @@ class MlflowServer:
                 return False
 
         wait_for(up, timeout_s, "mlflow server", self.service.proc, self.service.log_path)
+
+    def stop(self) -> None:
+        self.service.stop()
+
+
+def s3_server_missing() -> str | None:
+    """Why ``S3Server`` cannot run here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
+        return "moto's S3 server is not installed (pip install 'moto[server]')"
+    return None
+
+
+class S3Server:
+    """An S3-compatible server on 127.0.0.1 (moto's, in memory: nothing is written to disk) with one
+    bucket. ``storage_uri(prefix)`` is an ``s3://`` URI that Ray Tune and pyarrow resolve to it; the
+    processes that use it need ``env`` (dummy credentials and region, no EC2 metadata look-ups)."""
+
+    def __init__(self, root: Path, bucket: str = "sati-test", wait: bool = True):
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.endpoint}"
+        self.bucket = bucket
+        self.env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",  # the AWS SDK would otherwise ask 169.254.169.254
+        }
+        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", self.port]
+        self.service = Service("s3", argv, root / "s3-server.log", loopback_env(**self.env))
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        def up() -> bool:
+            try:
+                urllib.request.urlopen(self.url + "/moto-api/data.json", timeout=2)
+                return True
+            except OSError:
+                return False
+
+        wait_for(up, timeout_s, "moto S3 server", self.service.proc, self.service.log_path)
+        self.filesystem().create_dir(self.bucket)
+
+    def filesystem(self):
+        """A ``pyarrow.fs.S3FileSystem`` on this server (paths are ``<bucket>/<key>``)."""
+        import pyarrow.fs
+
+        return pyarrow.fs.S3FileSystem(
+            access_key=self.env["AWS_ACCESS_KEY_ID"],
+            secret_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region=self.env["AWS_DEFAULT_REGION"],
+            scheme="http",
+            endpoint_override=self.endpoint,
+            allow_bucket_creation=True,
+        )
+
+    def storage_uri(self, prefix: str = "") -> str:
+        """``s3://<bucket>/<prefix>?scheme=http&endpoint_override=127.0.0.1:<port>``."""
+        path = "/".join(p for p in (self.bucket, prefix.strip("/")) if p)
+        return f"s3://{path}?scheme=http&endpoint_override={self.endpoint}"
 
     def stop(self) -> None:
         self.service.stop()

@@ -25,9 +25,11 @@ def _corpus(n: int = 3000) -> list[str]:
 
 
 def build_tiny_text_encoder(
-    out_dir: str | Path, hidden: int = 32, layers: int = 2, heads: int = 2, max_tokens: int = 128
+    out_dir: str | Path, hidden: int = 32, layers: int = 2, heads: int = 2, max_tokens: int = 128, seed: int = 0
 ) -> Path:
-    """Train a BPE tokenizer on generated sentences and save it with a random tiny RoBERTa."""
+    """Train a BPE tokenizer on generated sentences and save it with a random tiny RoBERTa whose
+    weights are drawn from ``seed``."""
+    import torch
     from tokenizers import ByteLevelBPETokenizer
     from tokenizers.processors import RobertaProcessing
     from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaModel
@@ -63,5 +65,6 @@ def build_tiny_text_encoder(
         bos_token_id=0,
         eos_token_id=2,
     )
+    torch.manual_seed(seed)
     RobertaModel(config).save_pretrained(out_dir)
     return out_dir

@@ -44,6 +44,8 @@ FAILURE_REASON = "sati.failure_reason"
 NODE_ID = "sati.node_id"  # trial: the Ray node it ran on last
 NODES = "sati.nodes"  # trial: every Ray node it ran on, comma-separated
 BEST_TRIAL_RUN = "sati.best_trial_run_id"  # search
+STOPPED_REASON = "sati.stopped_reason"  # search: why it ran fewer trials than asked (a budget)
+CHECKPOINT_URI = "sati.checkpoint_uri"  # trial: its best.pt in the search's storage (Tune's checkpoint)
 CANDIDATE_RUN = "sati.candidate_run_id"  # confirmation trial: the search trial it retrains
 CANDIDATE = "sati.candidate"  # confirmation trial: the candidate's index
 SEED = "sati.seed"  # confirmation trial
@@ -57,6 +59,7 @@ _SAMPLED_PREFIX = "sampled."  # search trial: the values Optuna sampled
 
 # Model-version tags besides the evidence
 CHECK = "sati.check"  # the reload check's outcome
+CODE_SHA256 = "sati.code_sha256"  # sha256 over the model's code files as registered (verified before loading)
 GATE = "sati.gate"  # the champion gate's decision and reason
 ROLLED_BACK = "sati.rolled_back"
 _EVALUATION_PREFIX = "sati.evaluation."  # + split: the evaluation run of this version

@@ -7,8 +7,10 @@ that were champion, oldest first, for ``--rollback``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -132,14 +134,80 @@ def delete_version(store: TrackingStore, name: str, version: str | int, drop_mod
         store.client.delete_registered_model(name)
 
 
-def load_registered(store: TrackingStore, model_uri: str):
-    """The ``SATIPredictor`` inside an MLflow model logged by ``sati promote`` (any model URI)."""
+def code_checksum(store: TrackingStore, model_uri: str) -> str:
+    """sha256 over the files of a logged model that run or decide what runs when it is loaded (the
+    ``sati`` code, ``python_model``, ``MLmodel``, the environment files): every file but ``artifacts/``
+    (the checkpoint, read with ``weights_only``, and the encoder's config and tokenizer)."""
+    with tempfile.TemporaryDirectory(prefix="sati-code-") as tmp:
+        return _code_sha256(_download_model(store, model_uri, Path(tmp)))
+
+
+def _download_model(store: TrackingStore, model_uri: str, dst: Path) -> Path:
     import mlflow
 
     mlflow.set_tracking_uri(store.uri)
     mlflow.set_registry_uri(store.uri)
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+    except Exception as err:
+        raise RegistryError(
+            f"{model_uri}: cannot download the model from {store.uri} ({type(err).__name__}: {str(err)[:400]})"
+        ) from None
+
+
+# Written by MLflow into each download of a models:/ URI (the name and version or alias it came from).
+DOWNLOAD_NOTE = "registered_model_meta"
+
+
+def _code_sha256(model_dir: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(model_dir).as_posix()
+        if rel.startswith("artifacts/") or "__pycache__" in rel or rel == DOWNLOAD_NOTE:
+            continue
+        h.update(rel.encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _recorded_code_sha256(store: TrackingStore, model_uri: str) -> tuple[str | None, str]:
+    """(the checksum recorded at registration, the version it was read from) for a registered model's URI."""
+    described = describe_model_uri(store, model_uri)
+    if described:
+        version = get_version(store, described["name"], described["version"])
+        return version.tags.get(c.CODE_SHA256), f"{described['name']} v{described['version']}"
+    m = re.match(r"^runs:/([0-9a-f]{32})/", model_uri)
+    if m:
+        for version in store.client.search_model_versions(f"run_id = '{m.group(1)}'"):
+            return version.tags.get(c.CODE_SHA256), f"{version.name} v{version.version}"
+    return None, model_uri
+
+
+def load_registered(store: TrackingStore, model_uri: str):
+    """The ``SATIPredictor`` inside an MLflow model logged by ``sati promote`` (any model URI).
+
+    Loading such a model runs the ``sati`` code stored with it. It is downloaded first and its code
+    checksum compared with the one recorded on the version at registration; a changed artifact is
+    refused before anything of it is imported. The verified copy stays on disk for this process."""
+    import atexit
+    import shutil
+
+    import mlflow
+
+    local_root = Path(tempfile.mkdtemp(prefix="sati-model-"))
+    atexit.register(shutil.rmtree, local_root, ignore_errors=True)
+    local = _download_model(store, model_uri, local_root)
+    recorded, source = _recorded_code_sha256(store, model_uri)
+    actual = _code_sha256(local)
+    if recorded is None:
+        print(f"warning: {source} has no recorded code checksum (registered before sati recorded one); not verified")
+    elif recorded != actual:
+        raise RegistryError(
+            f"{model_uri}: the model's code artifact changed after registration (its files hash to {actual[:16]}…, "
+            f"{source} recorded {recorded[:16]}…); refusing to load it"
+        )
+    try:
+        model = mlflow.pyfunc.load_model(str(local))
     except Exception as err:
         raise RegistryError(
             f"{model_uri}: cannot load the model from {store.uri} ({type(err).__name__}: {str(err)[:400]})"

@@ -68,6 +68,9 @@ def trial_runs_by_id(store: TrackingStore, parent_run_id: str) -> dict[str, RunI
     return {r.tags.get(c.TRIAL_ID, ""): r for r in store.child_runs(parent_run_id)}
 
 
+STEP_METRIC = "train/loss"  # logged every epoch: its history tells which epochs a run has
+
+
 class TrialRuns:
     """One child run per Ray trial under a parent run (a search or a confirmation round), found again
     after a restore. Used by the driver's Tune callback; pickled with Tune's experiment state."""
@@ -75,14 +78,15 @@ class TrialRuns:
     def __init__(self, store: TrackingStore, parent_run_id: str):
         self.store, self.parent = store, parent_run_id
         self.runs: dict[str, str] = {}  # trial id → run id
+        self.logged: dict[str, int] = {}  # trial id → last epoch logged
         self.history: dict[str, list[dict]] = {}
         self.nodes: dict[str, list[str]] = {}  # trial id → Ray nodes it ran on
 
     def __getstate__(self) -> dict:
-        return {"store": self.store, "parent": self.parent, "runs": self.runs}
+        return {"store": self.store, "parent": self.parent, "runs": self.runs, "logged": self.logged}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({"history": {}, "nodes": {}, **state})
+        self.__dict__.update({"history": {}, "nodes": {}, "logged": {}, **state})
 
     def _existing(self, trial_id: str) -> str | None:
         found = self.store.child_runs(self.parent, f"tags.`{c.TRIAL_ID}` = '{trial_id}'")
@@ -94,26 +98,36 @@ class TrialRuns:
         run_id = self.runs.get(trial_id) or self._existing(trial_id)
         if run_id:
             self.store.reopen_run(run_id)
+            # a restored trial re-runs the epochs after its last checkpoint: log each epoch once
+            history = self.store.client.get_metric_history(run_id, STEP_METRIC)
+            self.logged[trial_id] = max((m.step for m in history), default=0)
         else:
             experiment = self.store.client.get_run(self.parent).info.experiment_id
             run_id = self.store.create_run(
                 experiment, trial_name, {c.ROLE: c.Role.TRIAL.value, c.TRIAL_ID: trial_id, **tags}, parent=self.parent
             )
             self.store.log_params(run_id, params)
+            self.logged[trial_id] = 0
         self.runs[trial_id] = run_id
         self.history.setdefault(trial_id, [])
         return run_id
 
     def log_epoch(self, trial_id: str, metrics: dict[str, Any]) -> None:
-        """One epoch's ``split/name`` metrics (and ``epoch``) at step = epoch."""
+        """One epoch's metrics (``split/name`` keys; not Tune's bookkeeping, not ``trainer/*`` flags) at
+        step = epoch; an epoch logged before (a restored trial re-running it) is not logged again."""
         step = int(metrics.get("epoch", 0))
         numeric = {
             k: float(v)
-            for k, v in metrics.items()  # ours (split/name keys), not Tune's bookkeeping
-            if ("/" in k or k == "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool)
+            for k, v in metrics.items()
+            if "/" in k and not k.startswith("trainer/") and isinstance(v, (int, float)) and not isinstance(v, bool)
         }
+        self.history[trial_id] = [h for h in self.history[trial_id] if h.get("epoch") != step] + [
+            {**numeric, "epoch": step}
+        ]
+        if step <= self.logged.get(trial_id, 0):
+            return
         self.store.log_metrics(self.runs[trial_id], numeric, step=step)
-        self.history[trial_id] = [h for h in self.history[trial_id] if h.get("epoch") != step] + [numeric]
+        self.logged[trial_id] = step
 
     def record_node(self, trial_id: str, node_id: str) -> None:
         """Tag the Ray node a trial (re)started on: ``sati.node_id`` (last), ``sati.nodes`` (all)."""
@@ -121,6 +135,10 @@ class TrialRuns:
         if node_id not in nodes:
             nodes.append(node_id)
         self.store.set_tags(self.runs[trial_id], {c.NODE_ID: node_id, c.NODES: ",".join(nodes)})
+
+    def record_checkpoint(self, trial_id: str, uri: str) -> None:
+        """Where the trial's ``best.pt`` is in the search's storage (its Tune checkpoint)."""
+        self.store.set_tags(self.runs[trial_id], {c.CHECKPOINT_URI: uri})
 
     def log_checkpoint(self, trial_id: str, checkpoint_file: str | Path) -> None:
         self.store.client.log_artifact(self.runs[trial_id], str(checkpoint_file), artifact_path="checkpoint")
@@ -218,8 +236,11 @@ CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
 
 
 def download_checkpoint(store: TrackingStore, run_id: str, dst: str | Path) -> Path:
-    """A trial's best checkpoint (artifact ``checkpoint/best.pt``) downloaded to ``dst``."""
+    """A trial's best checkpoint downloaded to ``dst``: its MLflow artifact ``checkpoint/best.pt``, else
+    the Tune checkpoint its run points at (tag ``sati.checkpoint_uri``, for trials that uploaded none)."""
     from mlflow.artifacts import download_artifacts
+
+    from sati import storage
 
     try:
         path = download_artifacts(
@@ -227,7 +248,16 @@ def download_checkpoint(store: TrackingStore, run_id: str, dst: str | Path) -> P
         )
         return Path(path)
     except Exception as err:
-        raise TrackingError(
-            f"MLflow run {run_id}: checkpoint artifact '{CHECKPOINT_ARTIFACT}' missing or "
-            f"unreadable ({type(err).__name__}: {str(err)[:300]})"
-        ) from None
+        artifact_error = f"{type(err).__name__}: {str(err)[:300]}"
+    uri = store.run(run_id).tags.get(c.CHECKPOINT_URI)
+    if uri:
+        try:
+            return storage.copy_file_to_local(uri, Path(dst) / "best.pt")
+        except Exception as err:
+            raise TrackingError(
+                f"MLflow run {run_id}: no checkpoint artifact '{CHECKPOINT_ARTIFACT}', and its Tune checkpoint "
+                f"{uri} cannot be read ({type(err).__name__}: {str(err)[:300]})"
+            ) from None
+    raise TrackingError(
+        f"MLflow run {run_id}: checkpoint artifact '{CHECKPOINT_ARTIFACT}' missing or unreadable ({artifact_error})"
+    ) from None

@@ -1,0 +1,206 @@
+"""A search whose experiment state lives in object storage (``s3://…``): the state file goes beside
+Tune's, and ``sati search --resume`` finds it there. A real S3-compatible server (moto) and a real
+``mlflow server`` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.fs
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sati.search.state import STATE_FILE, as_search_dir, read_search_state, write_search_state
+from sati.storage import join as join_uri
+from sati.testing.pipelines import write_search_pipeline
+from sati.testing.processes import loopback_env, run_sati
+from sati.testing.servers import MlflowServer, S3Server, s3_server_missing
+from sati.tracking.store import TrackingError
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    missing = s3_server_missing()
+    if missing:
+        pytest.skip(missing)
+    server = S3Server(tmp_path_factory.mktemp("s3-server"))
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)  # pyarrow in this process reads its credentials from the environment
+    yield server
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+def _keys(server: S3Server, prefix: str) -> set[str]:
+    """Every object under ``<bucket>/<prefix>``, as a key relative to the prefix."""
+    base = f"{server.bucket}/{prefix}"
+    infos = server.filesystem().get_file_info(pyarrow.fs.FileSelector(base, recursive=True, allow_not_found=True))
+    return {i.path[len(base) + 1 :] for i in infos if i.type == pyarrow.fs.FileType.File}
+
+
+# ---------------------------------------------------------------------------------------------
+# sati.search.state (fast)
+
+
+def test_state_round_trip_on_a_local_dir(tmp_path):
+    state = {"parent_run_id": "abc", "tracking_uri": "http://127.0.0.1:1", "pipeline": {"name": "t"}, "name": "t-1"}
+    write_search_state(tmp_path / "search", state)
+    assert read_search_state(tmp_path / "search") == state
+    assert sorted(p.name for p in (tmp_path / "search").iterdir()) == [STATE_FILE]  # no temp file left
+    assert as_search_dir(str(tmp_path / "search")) == str((tmp_path / "search").resolve())
+
+
+def test_state_round_trip_on_s3(s3_server):
+    search_dir = join_uri(s3_server.storage_uri("unit"), "t-1")
+    assert as_search_dir(search_dir) == search_dir
+    state = {"parent_run_id": "abc", "name": "t-1", "pipeline": {"search": {"storage_path": search_dir}}}
+    write_search_state(search_dir, state)
+    assert read_search_state(search_dir) == state
+    assert _keys(s3_server, "unit") == {f"t-1/{STATE_FILE}"}
+
+
+def test_missing_state_names_the_search_dir(tmp_path, s3_server):
+    with pytest.raises(TrackingError) as err:
+        read_search_state(tmp_path)
+    assert str(err.value) == f"{tmp_path}: not a sati search directory (no {STATE_FILE})"
+    uri = join_uri(s3_server.storage_uri("unit"), "nothing-here")
+    with pytest.raises(TrackingError) as err:
+        read_search_state(uri)
+    assert str(err.value) == f"{uri}: not a sati search directory (no {STATE_FILE})"
+    assert as_search_dir("0123456789abcdef") is None  # a run id: not a directory
+
+
+def test_resume_takes_a_uri_as_the_search_dir(tmp_path, s3_server):
+    uri = join_uri(s3_server.storage_uri("unit"), "not-a-search")
+    out = run_sati(["search", "--resume", uri], cwd=tmp_path, timeout=120, **s3_server.env)
+    assert out.returncode == 2
+    assert f"{uri}: not a sati search directory (no {STATE_FILE})" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "base, joined",
+    [
+        (
+            "s3://b/p?scheme=http&endpoint_override=127.0.0.1:9000",
+            "s3://b/p/name?scheme=http&endpoint_override=127.0.0.1:9000",
+        ),
+        ("s3://b/p/?scheme=http", "s3://b/p/name?scheme=http"),
+        ("s3://b", "s3://b/name"),
+        ("gs://b/x/", "gs://b/x/name"),
+        ("file:///tmp/a", "file:///tmp/a/name"),
+        ("/tmp/a/", "/tmp/a/name"),
+    ],
+)
+def test_join_keeps_the_query_string_as_tune_does(base, joined):
+    assert join_uri(base, "name") == joined
+    uri_utils = pytest.importorskip("ray.air._internal.uri_utils")
+    assert str(uri_utils.URI(base) / "name") == joined  # what Tune makes of storage_path + name
+    restored = uri_utils.URI(joined)  # what Tuner.restore makes of the search dir
+    assert (restored.name, str(restored.parent)) == ("name", join_uri(base))
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end (slow): real Ray, Optuna, MLflow server and S3 server
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    yield server
+    server.stop()
+
+
+def _children(client: MlflowClient, parent_id: str):
+    parent = client.get_run(parent_id)
+    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def _parent_id(stdout: str) -> str:
+    line = next(line for line in stdout.splitlines() if line.startswith("MLflow parent run:"))
+    return line.split(":", 1)[1].strip()
+
+
+def _local_files(root) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.slow
+def test_search_in_s3_resumes_from_its_state_in_the_bucket(
+    tmp_path, synth_path, tiny_encoder, mlflow_server, s3_server
+):
+    prefix = f"searches/{tmp_path.name}"
+    storage = s3_server.storage_uri(prefix)
+    pipeline = write_search_pipeline(
+        tmp_path / "p.yaml",
+        synth_path,
+        tiny_encoder,
+        mlflow_server.uri,
+        storage,
+        {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}},
+        search={"num_samples": 4, "scheduler": "fifo", "storage_path": storage},
+        train={"epochs": 4},
+    )
+    ours = {"p.yaml", "p_space.yaml", "first.log"}  # all that the test itself writes here
+    log = open(tmp_path / "first.log", "w")
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sati.cli", "search", str(pipeline)],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=loopback_env(**s3_server.env),
+        start_new_session=True,
+    )
+    client = MlflowClient(mlflow_server.uri)
+    deadline = time.time() + 300
+    killed, parent_id = False, None
+    while time.time() < deadline and driver.poll() is None:
+        time.sleep(1)
+        experiment = client.get_experiment_by_name("test-search")
+        if experiment is None:
+            continue
+        parents = [
+            r
+            for r in client.search_runs([experiment.experiment_id], "tags.`sati.role` = 'search'")
+            if r.data.tags["sati.search_dir"].startswith(f"s3://{s3_server.bucket}/{prefix}")
+        ]
+        if not parents:
+            continue
+        parent_id = parents[0].info.run_id
+        if any(client.get_metric_history(r.info.run_id, "valid/mae") for r in _children(client, parent_id)):
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray, as a crash would
+            driver.wait()
+            killed = True
+            break
+    log.close()
+    assert killed, (tmp_path / "first.log").read_text()[-3000:]
+    assert client.get_run(parent_id).info.status == "RUNNING"  # the crash left it open
+    in_bucket, on_disk = _keys(s3_server, prefix), _local_files(tmp_path)
+
+    out = run_sati(
+        ["search", "--resume", parent_id, "--tracking-uri", mlflow_server.uri], cwd=tmp_path, **s3_server.env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    name = client.get_run(parent_id).info.run_name
+    assert client.get_run(parent_id).data.tags["sati.search_dir"] == join_uri(storage, name)  # Tune's own dir
+    assert f"{name}/{STATE_FILE}" in in_bucket, sorted(in_bucket)  # written beside Tune's state, in the bucket
+    assert f"{name}/tuner.pkl" in in_bucket, sorted(in_bucket)
+    assert on_disk == ours  # nothing of the search on the local disk here
+    assert _local_files(tmp_path) == ours
+    assert _parent_id(out.stdout) == parent_id
+    children = _children(client, parent_id)
+    trial_ids = [r.data.tags["sati.trial_id"] for r in children]
+    assert len(trial_ids) == len(set(trial_ids)) == 4  # one run per trial, none duplicated
+    reasons = [(r.info.status, r.data.tags.get("sati.failure_reason")) for r in children]
+    assert [r.info.status for r in children] == ["FINISHED"] * 4, reasons  # every trial finished, none RUNNING
+    for run in children:
+        history = sorted(client.get_metric_history(run.info.run_id, "valid/mae"), key=lambda m: (m.step, m.timestamp))
+        assert [m.step for m in history] == [1, 2, 3, 4], (run.data.tags["sati.trial_id"], history)  # each once
+    assert client.get_run(parent_id).info.status == "FINISHED"
