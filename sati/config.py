@@ -116,6 +116,11 @@ class AblationConfig:
     til: bool = _spec(True, help="temporal-invariance learning (the β term)")
     gate: bool = _spec(True, help="the FBP gate (off: both streams pass ungated)")
     adversarial: bool = _spec(True, help="the modality discriminator and its γ term")
+    text_only: bool = _spec(
+        False,
+        help="the same text encoder, fusion Transformer and head with audio and video removed (no "
+        "cross-attention, gates or discriminator; only the task loss trains): the unimodal baseline",
+    )
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,11 @@ class SearchConfig:
         ge=0.0,
         help="on a cluster that starts nodes on demand: how long the pre-flight waits (asking the autoscaler) "
         "for a node that fits search.resources before it gives up; 0 refuses at once",
+    )
+    study_storage: str | None = _spec(
+        None,
+        help="Optuna RDB storage URL of the search's study (`optuna-dashboard <url>` shows it live); none: "
+        "$SATI_STUDY_STORAGE, else a SQLite file beside the local MLflow store (./optuna.db otherwise)",
     )
     ray_address: str | None = _spec(
         None, help="Ray cluster address (ray://host:10001, host:6379, auto); none starts a local Ray for the search"

@@ -154,11 +154,16 @@ class LossBreakdown:
 
 
 def total_loss(out: SATIOutput, labels: torch.Tensor, cfg: LossConfig, ablation: AblationConfig) -> LossBreakdown:
-    """L = L_task + α L_con + β L_ti + γ L_dom + w_rec L_rec; terms with weight 0 or ablated are skipped."""
+    """L = L_task + α L_con + β L_ti + γ L_dom + w_rec L_rec; terms with weight 0, ablated, or whose inputs
+    are absent (None: ``ablation.text_only`` has no audio/video codes) are skipped."""
     zero = out.prediction.new_zeros(()).float()
     task = task_loss(out.prediction.float(), labels.float())
-    con = consistency_loss(out.shared_means.float(), cfg.cmd_moments) if cfg.consistency_weight else zero
-    ti = temporal_jsd(out.video_codes.float(), out.video_mask) if ablation.til and cfg.temporal_weight else zero
+    con = zero
+    if cfg.consistency_weight and out.shared_means is not None:
+        con = consistency_loss(out.shared_means.float(), cfg.cmd_moments)
+    ti = zero
+    if ablation.til and cfg.temporal_weight and out.video_codes is not None:
+        ti = temporal_jsd(out.video_codes.float(), out.video_mask)
     dom = zero
     if ablation.adversarial and cfg.domain_weight and out.domain_features is not None:
         dom = domain_loss(
@@ -174,7 +179,7 @@ def total_loss(out: SATIOutput, labels: torch.Tensor, cfg: LossConfig, ablation:
         )
     rec = (
         reconstruction_loss(out.projections.float(), out.projection_masks, out.reconstructions.float())
-        if cfg.reconstruction_weight
+        if cfg.reconstruction_weight and out.projections is not None
         else zero
     )
     total = (

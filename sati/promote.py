@@ -212,6 +212,7 @@ def _register_checked(
     version, created = registry.log_and_register(
         store,
         search=search,
+        trial=trial,
         run_name=f"promote-{name}",
         checkpoint=checkpoint,
         config=config,
@@ -220,7 +221,7 @@ def _register_checked(
         signature=signature,
         pip_requirements=_requirements(),
         model_name=name,
-        version_tags=evidence.to_tags(),
+        evidence=evidence,
     )
     v = str(version.version)
     try:
@@ -232,6 +233,7 @@ def _register_checked(
         registry.delete_version(store, name, v, drop_model=created)
         raise
     registry.set_version_tags(store, name, v, {contract.CHECK: check})
+    registry.add_to_description(store, name, v, f"Reload check: {check}.")
     console(f"registered {name} version {v}; reload check: {check}")
     return v, evidence
 
@@ -324,6 +326,7 @@ def _apply_gate(
         registry.set_alias(store, name, CHALLENGER, version)
         alias = CHALLENGER
     registry.set_version_tags(store, name, version, {contract.GATE: f"{alias}: {reason}"})
+    registry.add_to_description(store, name, version, f"Gate: **{alias}**, {reason}.")
     console(f"{name} v{version} is now '{alias}': {reason}")
     return PromotionResult(name, version, alias, reason, evidence)
 

@@ -36,3 +36,36 @@ def git_commit() -> str:
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+_PACKAGES: dict[str, str] | None = None
+
+
+def installed_packages() -> dict[str, str]:
+    """Every installed distribution and its version (a lock of the environment), sorted by name;
+    computed once per process."""
+    global _PACKAGES
+    if _PACKAGES is None:
+        from importlib import metadata
+
+        found = {}
+        for dist in metadata.distributions():
+            name = dist.metadata["Name"]
+            if name:
+                found[name] = dist.version
+        _PACKAGES = dict(sorted(found.items(), key=lambda kv: kv[0].lower()))
+    return _PACKAGES
+
+
+def rerun_record(config: dict, data_checksum: str, commit: str) -> dict:
+    """What it takes to train a run again: the resolved config (seed included), the data file's
+    content checksum, the code's git commit and whether the tree was dirty, and the environment."""
+    return {
+        "config": config,
+        "seed": config.get("seed"),
+        "data_checksum": data_checksum,
+        "git_commit": commit.removesuffix("-dirty"),
+        "git_dirty": commit.endswith("-dirty"),
+        "versions": versions(),
+        "packages": installed_packages(),
+    }

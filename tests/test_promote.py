@@ -230,6 +230,18 @@ def test_test_split_is_read_only_by_evaluate(tmp_path, server, evaluated_model, 
     assert run.data.tags["sati.model_version"] == "1" and run.data.tags["sati.split"] == "test"
     assert metrics["test/noise0.5/mae"] != metrics["test/mae"]  # the noise reached the model
     assert {"table.md", "table.tex"} <= {a.path for a in client.list_artifacts(run_id)}
+    # readable in the registry: the version's run is the trial, the evaluation nests under it, the
+    # description links the trial, the search and the evaluation, the logged model carries the metrics
+    version = client.get_model_version("sati-eval", "1")
+    assert run.data.tags["mlflow.parentRunId"] == version.run_id
+    trial = client.get_run(version.run_id)
+    assert trial.data.tags["sati.role"] == "trial"
+    exp = trial.info.experiment_id
+    for linked in (version.run_id, version.tags["sati.search_run_id"], run_id):
+        assert f"(#/experiments/{exp}/runs/{linked})" in version.description
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    logged = {m.key for m in model.metrics}
+    assert {"valid/mae", "test/mae", "test/noise0.5/mae"} <= logged
 
 
 def test_a_changed_code_artifact_is_refused_before_it_is_loaded(tmp_path, server, evaluated_model, sealed):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -236,6 +238,31 @@ def test_search_logs_parent_and_trial_runs(tmp_path, synth_path, tiny_encoder, m
         # the test split is sealed: no test metric reaches MLflow
         assert not [k for k in run.data.metrics if k.startswith("test/")]
     assert max(len(client.get_metric_history(r.info.run_id, "valid/mae")) for r in children) == 3
+    # a leaderboard a person can read: names by order and id, the best tagged, the parent described
+    for run in children:
+        assert re.fullmatch(r"t00[1-4]-[0-9a-f]{8}", run.info.run_name), run.info.run_name
+        assert run.info.run_name.endswith(run.data.tags["sati.trial_id"])
+    assert {r.info.run_name[:4] for r in children} == {"t001", "t002", "t003", "t004"}
+    finite = [r for r in children if math.isfinite(r.data.metrics.get("best/valid/mae", math.nan))]
+    best = min(finite, key=lambda r: r.data.metrics["best/valid/mae"])
+    assert [r.info.run_id for r in children if r.data.tags.get("sati.best") == "true"] == [best.info.run_id]
+    note = parent.data.tags["mlflow.note.content"]
+    assert f"[{best.info.run_name}](#/experiments/{parent.info.experiment_id}/runs/{best.info.run_id})" in note
+    table = client.download_artifacts(parent_id, "trials.md", str(tmp_path))
+    lines = Path(table).read_text().splitlines()[2:]
+    assert lines[0].startswith("| ★ | 1 |") and best.info.run_name in lines[0] and len(lines) == 4
+    assert "runs, best first: http://" in out.stdout and "orderByKey=metrics.%60best%2Fvalid%2Fmae%60" in out.stdout
+    # the Optuna study lives in an RDB storage (beside the working folder here), every trial in it
+    import optuna
+
+    assert f"optuna-dashboard sqlite:///{tmp_path / 'optuna.db'}" in out.stdout
+    study = optuna.load_study(study_name=parent.info.run_name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.trials) == 4
+    for t in study.trials:
+        assert t.state.name in ("COMPLETE", "PRUNED")
+        assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))  # each epoch
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert len(pruned) == sum(r.data.tags["sati.trial_status"] == "stopped" for r in children)
     # ... nor Ray Tune's results
     for result_file in (tmp_path / "ray").rglob("result.json"):
         for line in result_file.read_text().splitlines():
@@ -395,3 +422,44 @@ def test_a_stopped_trial_uploads_no_weights_and_points_at_its_tune_checkpoint(
             # only the newest checkpoint directory of the trial keeps files
             kept = [d for d in best.parent.parent.glob("checkpoint_*") if any(d.iterdir())]
             assert kept == [best.parent]
+
+
+@pytest.mark.slow
+def test_extend_adds_trials_to_the_same_search_run_and_study(tmp_path, synth_path, tiny_encoder, mlflow_server):
+    import optuna
+
+    pipeline = write_search_pipeline(
+        tmp_path / "p.yaml", synth_path, tiny_encoder, mlflow_server.uri, tmp_path / "ray",
+        {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}},
+        search={"num_samples": 2, "scheduler": "fifo"}, train={"epochs": 1},
+    )  # fmt: skip
+    out = run_sati(["search", str(pipeline)], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    parent_id = _parent_id(out.stdout)
+    client = MlflowClient(mlflow_server.uri)
+    name = client.get_run(parent_id).info.run_name
+
+    # what an extension may not change: the pipeline (but num_samples, max_concurrent) and the space
+    out = run_sati(["search", "--extend", parent_id, "--set", "train.lr=0.1", "--tracking-uri", mlflow_server.uri],
+                   cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2 and "train.lr cannot change" in out.stderr, out.stderr[-2000:]
+    space = tmp_path / "p_space.yaml"
+    original = space.read_text()
+    space.write_text("train.lr: {loguniform: [1.0e-5, 3.0e-3]}\n")
+    out = run_sati(["search", "--extend", parent_id, "--set", "search.num_samples=2", "--tracking-uri",
+                    mlflow_server.uri], cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2 and "search.space" in out.stderr and "changed since search" in out.stderr
+    space.write_text(original)
+    assert len(_children(client, parent_id)) == 2  # nothing was added by the refused extensions
+
+    out = run_sati(["search", "--extend", parent_id, "--set", "search.num_samples=2", "--tracking-uri",
+                    mlflow_server.uri], cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _parent_id(out.stdout) == parent_id
+    children = _children(client, parent_id)
+    assert len(children) == 4 and {r.info.run_name[:4] for r in children} == {"t001", "t002", "t003", "t004"}
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)  # one study, TPE saw all
+    trials_md = Path(client.download_artifacts(parent_id, "trials.md", str(tmp_path / "dl"))).read_text()
+    assert len(trials_md.splitlines()) == 2 + 4  # the summary covers the search and its extension

@@ -11,14 +11,14 @@ import argparse
 import sys
 import warnings
 
-from sati.cli import data, models, search, train
+from sati.cli import data, models, reproduce, search, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sati`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="sati", description="SATI multimodal sentiment: train, search, promote")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (train, search, models, data):
+    for group in (train, search, models, reproduce, data):
         group.add_parsers(sub)
     return parser
 

@@ -183,10 +183,11 @@ def _evaluate(args, store: TrackingStore) -> int:
         evidence = m.get("evidence")
         if evidence is not None and evidence.data_checksum and evidence.data_checksum != info.checksum:
             print(f"note: {m['uri']} was validated on other data than {data} (data checksum differs)")
-    experiment = args.experiment
-    if not experiment:
-        source = next((m["run_id"] for m in models if m.get("run_id")), None)
-        experiment = store.experiment_name(source) if source else "sati-evaluation"
+    # the evaluation nests under the run of the (first) model it evaluates, in that run's experiment
+    source = next((m["run_id"] for m in models if m.get("run_id")), None)
+    if source is None and (m := re.match(r"^runs:/([0-9a-f]{32})", args.models[0])):
+        source = m.group(1)
+    experiment = args.experiment or (store.experiment_name(source) if source else "sati-evaluation")
     one_version = (models[0]["name"], models[0]["version"]) if len(models) == 1 and models[0].get("name") else None
     values = (" ".join(args.models), args.noise, args.drop, args.split, len(arrays))
     run_id = log_evaluation(
@@ -199,6 +200,7 @@ def _evaluate(args, store: TrackingStore) -> int:
         params=dict(zip(contract.EVALUATION_PARAMS, values)),
         models=models,
         split=args.split,
+        parent=source if source and store.experiment_name(source) == experiment else None,
     )
     print(f"logged to MLflow run {run_id} (experiment '{experiment}') at {store.uri}")
     return 0

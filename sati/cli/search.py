@@ -20,6 +20,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="continue an interrupted search (its directory or MLflow parent run id)",
     )
     search.add_argument(
+        "--extend",
+        metavar="SEARCH_DIR_OR_RUN_ID",
+        default=None,
+        help="add --set search.num_samples=N trials to a finished or interrupted search (same space, study, run)",
+    )
+    search.add_argument(
         "--check",
         action="store_true",
         help="run the pre-flight only (resources, data and storage on every node, text encoder) and exit 0 or 2",
@@ -35,6 +41,11 @@ def _search(args) -> int:
 
     if args.resume:
         outcome = resume_search(args.resume, tracking_uri=args.tracking_uri)
+    elif args.extend:
+        from sati.config import parse_overrides
+        from sati.search.runner import extend_search
+
+        outcome = extend_search(args.extend, parse_overrides(args.overrides), tracking_uri=args.tracking_uri)
     else:
         if not args.pipeline:
             raise ConfigError("sati search: give a pipeline YAML, or --resume SEARCH_DIR_OR_RUN_ID")

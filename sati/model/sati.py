@@ -10,6 +10,9 @@ Data flow (batch-first, H = hidden_size, o = fbp_hidden):
     F_ta = CA(T̃, Ã), F_tv = CA(T̃, Ṽ); gates g_a = G(FBP(I_a, I_t)), g_v = G(FBP(I_v, I_t))
     Z = [LN(F_ta·g_a + T̃) ; LN(F_tv·g_v + T̃)] → Transformer → masked mean → MLP → ŷ   [B]
 
+``ablation.text_only`` removes audio and video: Z = [LN(T̃) ; LN(T̃)] (the full Z with both gates at 0)
+→ the same Transformer, masked mean over the text and head; the aux losses' inputs are then absent.
+
 Every time mean and attention is masked, so predictions do not depend on how far a batch is padded.
 """
 
@@ -34,14 +37,15 @@ class SATIOutput:
     """Everything one forward pass produces. Modality order is text, audio, video."""
 
     prediction: torch.Tensor  # [B] sentiment score
-    shared_means: torch.Tensor  # [3, B, H] ī_m: masked time means of the shared codes
-    private_means: torch.Tensor  # [3, B, H] s̄_m
-    video_codes: torch.Tensor  # [B, T, 2H] [S_v ; I_v], input of the temporal JSD
-    video_mask: torch.Tensor  # [B, T] bool, real video steps
-    projections: torch.Tensor  # [3, B, T, H] U_m, reconstruction targets
-    projection_masks: torch.Tensor  # [3, B, T] bool, each modality's real steps
-    reconstructions: torch.Tensor  # [3, B, H] r_m
-    gates: torch.Tensor  # [2, B, T] audio- and video-stream gate values
+    # The codes below are None with ablation.text_only (no audio or video to compare the text with).
+    shared_means: torch.Tensor | None  # [3, B, H] ī_m: masked time means of the shared codes
+    private_means: torch.Tensor | None  # [3, B, H] s̄_m
+    video_codes: torch.Tensor | None  # [B, T, 2H] [S_v ; I_v], input of the temporal JSD
+    video_mask: torch.Tensor | None  # [B, T] bool, real video steps
+    projections: torch.Tensor | None  # [3, B, T, H] U_m, reconstruction targets
+    projection_masks: torch.Tensor | None  # [3, B, T] bool, each modality's real steps
+    reconstructions: torch.Tensor | None  # [3, B, H] r_m
+    gates: torch.Tensor  # [2, B, T] audio- and video-stream gate values (0 with ablation.text_only)
     domain_features: torch.Tensor | None = None  # [6, B, H] d(ī_t, ī_a, ī_v, s̄_t, s̄_a, s̄_v)
     domain_labels: torch.Tensor | None = None  # [6] long: 0, 1, 2, 0, 1, 2
     domain_classes: torch.Tensor | None = None  # [3, H] class weights W
@@ -70,7 +74,9 @@ class SATI(nn.Module):
 
     Args:
         cfg: model section of the pipeline config.
-        ablation: Table II switches (the gate and the discriminator are skipped when off).
+        ablation: Table II switches (the gate and the discriminator are skipped when off; with
+            ``text_only`` the audio/video path is skipped, though its modules are built all the same,
+            so a seed initializes the shared parts as in the full model and checkpoints keep one layout).
         audio_dim, video_dim: feature dims of the dataset.
         text_feature_dim: dim of precomputed text features (``text_encoder: precomputed``).
         pretrained_text: load the text encoder's pretrained weights (False: its architecture only,
@@ -125,6 +131,8 @@ class SATI(nn.Module):
         else:
             text = self.text_encoder(batch.text_features, text_mask)
         text = text.float() * text_mask.unsqueeze(-1)  # [B, T, D_t]
+        if self.ablation.text_only:
+            return self._forward_text_only(text, text_mask)
         audio = self.audio_encoder(batch.audio, src_key_padding_mask=~av_mask) * av_keep  # [B, T, D_a]
         video = self.video_encoder(batch.video, src_key_padding_mask=~av_mask) * av_keep  # [B, T, D_v]
 
@@ -169,6 +177,30 @@ class SATI(nn.Module):
             reconstructions=recon,
             gates=torch.stack([g_a.squeeze(-1), g_v.squeeze(-1)]),
             **domain,
+        )
+
+    def _forward_text_only(self, text: torch.Tensor, text_mask: torch.Tensor) -> SATIOutput:
+        """text: [B, T, D_t] encoded tokens, text_mask: [B, T] bool → the prediction from text alone.
+
+        The full path with audio and video removed: no cross-attention (F = 0), so each stream is
+        LN(T̃) and Z = [LN_a(T̃) ; LN_v(T̃)], what the full model computes with both gates at 0; no
+        discriminator. Padding is the text's (``text_mask``), not the audio/video's."""
+        u = self.project[0](text)  # U_t [B, T, H]
+        t_pos = self.position(torch.sigmoid(self.private[0](u)))  # T̃ = S_t + PE [B, T, H]
+        z = torch.cat([self.norm_audio(t_pos), self.norm_video(t_pos)], -1)  # [B, T, 2H]
+        z = self.fusion(z, src_key_padding_mask=~text_mask)
+        prediction = self.head(masked_mean(z, text_mask)).squeeze(-1)  # [B]
+        shut = torch.zeros(2, *text_mask.shape, dtype=z.dtype, device=z.device)  # [2, B, T] both streams off
+        return SATIOutput(
+            prediction=prediction,
+            shared_means=None,
+            private_means=None,
+            video_codes=None,
+            video_mask=None,
+            projections=None,
+            projection_masks=None,
+            reconstructions=None,
+            gates=shut,
         )
 
     def parameter_groups(self, lr: float, text_lr: float | None) -> list[dict]:

@@ -18,24 +18,42 @@ from pathlib import Path
 from ray import tune
 
 from sati import storage
-from sati.config import flatten
 from sati.search.trainable import FINISHED, RESUME_FILES, TrialResolver
+from sati.tracking.leaderboard import LiveBoard
 from sati.tracking.searches import TrialRuns
 
 
 class TrackingCallback(tune.Callback):
     """One MLflow child run per trial: params, per-epoch metrics, best checkpoint, learning curve."""
 
-    def __init__(self, runs: TrialRuns, resolve: TrialResolver, metric: str, experiment_uri: str, upload: str):
-        self.runs, self.resolve, self.metric = runs, resolve, metric
+    def __init__(
+        self,
+        runs: TrialRuns,
+        resolve: TrialResolver,
+        board: LiveBoard,
+        experiment_uri: str,
+        upload: str,
+        first_number: int = 1,
+    ):
+        self.runs, self.resolve, self.board = runs, resolve, board
+        self.metric = board.metric
         self.experiment_uri = experiment_uri  # the search dir as the user named it (local path or URI)
         self.upload = upload  # search.log_checkpoints
+        self.first_number = first_number  # trials are named t001, t002, …; an extension continues the count
         self.resources: dict[str, tuple[float, float]] = {}  # trial id → (CPUs, GPUs) it holds
+
+    def trial_name(self, trial) -> str:
+        """``t007-fa3a39a8``: the trial's number in the search, then its Tune id."""
+        index = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
+        number = self.first_number - 1 + (int(index) if index.isdigit() else len(self.runs.runs) + 1)
+        return f"t{number:03d}-{trial.trial_id}"
 
     def on_trial_start(self, iteration, trials, trial, **info):
         resolved, tags = self.resolve(trial.config)
         self.resources[trial.trial_id] = (resolved.search.resources.cpu, resolved.search.resources.gpu)
-        self.runs.start(trial.trial_id, str(trial), flatten(resolved.to_dict()), tags=tags)
+        name = self.trial_name(trial)
+        run_id = self.runs.start(trial.trial_id, name, resolved.to_dict(), tags=tags)
+        self.board.add(trial.trial_id, name, run_id, trial.config)
 
     on_trial_restore = on_trial_start
 
@@ -45,6 +63,9 @@ class TrackingCallback(tune.Callback):
         self.runs.log_epoch(trial.trial_id, {**result, **trial_cost(result, *self.resources[trial.trial_id])})
         if result.get("node_id") and result.get("iterations_since_restore") == 1:
             self.runs.record_node(trial.trial_id, result["node_id"])
+        value = result.get(f"best/{self.metric}")
+        if isinstance(value, (int, float)):
+            self.board.result(trial.trial_id, int(result.get("epoch", 0)), float(value))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         _prune(checkpoint, keep=2)
@@ -65,6 +86,7 @@ class TrackingCallback(tune.Callback):
             except Exception as err:  # the search goes on; the run says what is missing
                 reason = (reason or "") + f" (checkpoint bookkeeping failed: {err})"
         self.runs.finish(trial.trial_id, status, reason, self.metric)
+        self.board.done(trial.trial_id, status)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -77,10 +99,12 @@ class TrackingCallback(tune.Callback):
         self._finish(trial, "failed", _error_text(trial))
 
     def get_state(self):
-        return {"runs": self.runs.runs}
+        return {"runs": self.runs.runs, "entries": self.board.entries, "best": self.board.best}
 
     def set_state(self, state):
         self.runs.runs.update(state.get("runs", {}))
+        self.board.entries.update(state.get("entries", {}))
+        self.board.best = state.get("best", self.board.best)
 
 
 def _prune(checkpoint, keep: int) -> None:

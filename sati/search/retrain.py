@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sati.checkpoint import load_checkpoint
 from sati.config import from_dict
+from sati.provenance import git_commit
 from sati.search.ray_session import ray_session
 from sati.seeding import derive_seed
 from sati.selection import better, pessimistic_score, rank_trials
@@ -57,7 +58,8 @@ def confirm_candidates(
 
             name = f"{search.name}-confirm-{time.strftime('%Y%m%d-%H%M%S')}"
             sources = [t.run_id for t, _ in candidates]
-            build_retrain_tuner(first, bases, sources, seeds, name, TrialRuns(store, confirm_id)).fit()
+            runs = TrialRuns(store, confirm_id, search.tags.get(contract.DATA_CHECKSUM, ""), git_commit())
+            build_retrain_tuner(first, bases, sources, seeds, name, runs).fit()
     except BaseException:
         log_confirm_summary(store, confirm_id, [], None)
         raise

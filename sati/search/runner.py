@@ -6,29 +6,27 @@ Orchestration only: Ray is started or joined by ``ray_session``, the Tuners are 
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sati import storage
+from sati.checkpoint import file_sha256
 from sati.config import ConfigError, PipelineConfig, flatten, from_dict
 from sati.data.h5format import read_info
 from sati.data.loaders import ensure_dataset
 from sati.provenance import git_commit, versions
-from sati.search import summary
+from sati.search import plots, summary
 from sati.search.preflight import run_preflight
 from sati.search.ray_session import ray_session
 from sati.search.space import SearchSpace, load_space
 from sati.search.state import STATE_FILE, as_search_dir, read_search_state, write_search_state
-from sati.tracking import contract
-from sati.tracking.searches import (
-    TrialRuns,
-    find_search,
-    log_search_summary,
-    start_search_run,
-    trial_runs_by_id,
-)
+from sati.search.study import mask_password, study_storage_url
+from sati.tracking import contract, leaderboard
+from sati.tracking.leaderboard import runs_table_link, ui_address
+from sati.tracking.searches import TrialRuns, find_search, log_search_summary, start_search_run
 from sati.tracking.store import TrackingStore
 
 
@@ -73,97 +71,183 @@ def run_search(
         run_preflight(cfg, embedded=not cfg.search.ray_address, console=console)
         if check_only:
             return None
-        info = read_info(cfg.data.path)
-        name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        info, commit = read_info(cfg.data.path), git_commit()
+        name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"  # unique: names the study too
         search_dir = storage.join(cfg.search.storage_path, name)
+        shown = _shown(cfg)
         parent = start_search_run(
             store,
             cfg.tracking.experiment,
             name=name,
-            pipeline=cfg.to_dict(),
-            params=flatten(cfg.to_dict()),
+            pipeline=shown,
+            params=flatten(shown),
             space_path=cfg.search.space,
             data_checksum=info.checksum,
             search_dir=search_dir,
             metric=cfg.train.selection_metric,
             mode=cfg.train.selection_direction,
             model_name=cfg.registry.model_name,
-            git_commit=git_commit(),
+            git_commit=commit,
             versions=versions(),
         )
-        state = {"parent_run_id": parent, "tracking_uri": store.uri, "pipeline": cfg.to_dict(), "name": name}
+        state = {
+            "parent_run_id": parent,
+            "tracking_uri": store.uri,
+            "pipeline": cfg.to_dict(),
+            "name": name,
+            "space_sha256": file_sha256(Path(cfg.search.space)),
+            "experiments": [name],  # Tune experiments of this search: the first, then one per --extend
+            "planned": cfg.search.num_samples,
+        }
         write_search_state(search_dir, state)
         console(f"search {name}: MLflow parent run {parent} in experiment '{cfg.tracking.experiment}' at {store.uri}")
+        study = (study_storage_url(cfg, store.uri), name)
+        _announce(cfg, store, parent, study, console)
 
         def make_tuner():
             from sati.search.tuner import build_search_tuner
 
-            return build_search_tuner(cfg, space, name, TrialRuns(store, parent))
+            return build_search_tuner(cfg, space, name, TrialRuns(store, parent, info.checksum, commit), study)
 
-        return _fit(cfg, space, store, parent, search_dir, console, make_tuner)
+        return _fit(cfg, space, store, parent, search_dir, state, console, make_tuner)
+
+
+def _load(target: str, tracking_uri: str | None) -> tuple[TrackingStore, str, str, dict]:
+    """(store, parent run id, search dir, state) of the search ``target`` names: its directory or run id."""
+    if (search_dir := as_search_dir(target)) is not None:
+        state = read_search_state(search_dir)
+        return TrackingStore.open(state["tracking_uri"]), state["parent_run_id"], search_dir, state
+    store = TrackingStore.open(tracking_uri)
+    run = find_search(store, target)
+    search_dir = run.tags[contract.SEARCH_DIR]
+    return store, target, search_dir, read_search_state(search_dir)
 
 
 def resume_search(
     target: str, tracking_uri: str | None = None, console: Callable[[str], None] = print
 ) -> SearchOutcome:
-    """Continue an interrupted search from its directory or its MLflow parent run id."""
-    if (search_dir := as_search_dir(target)) is not None:
-        state = read_search_state(search_dir)
-        store, parent = TrackingStore.open(state["tracking_uri"]), state["parent_run_id"]
-    else:
-        store = TrackingStore.open(tracking_uri)
-        run = find_search(store, target)
-        search_dir, parent = run.tags[contract.SEARCH_DIR], target
-        state = read_search_state(search_dir)
+    """Continue an interrupted search (or its interrupted extension) from its directory or parent run id."""
+    store, parent, search_dir, state = _load(target, tracking_uri)
     cfg = from_dict(state["pipeline"], f"{search_dir}/{STATE_FILE}")
     space = load_space(cfg.search.space, cfg)
+    experiments = state.get("experiments", [state["name"]])
     with ray_session(cfg.search.ray_address):
         run_preflight(cfg, embedded=not cfg.search.ray_address, console=console)
         store.reopen_run(parent)
         console(f"resuming search {state['name']} (MLflow parent run {parent}) from {search_dir}")
+        tune_dir = storage.join(cfg.search.storage_path, experiments[-1])
 
         def make_tuner():
             from sati.search.tuner import restore_search_tuner
 
-            return restore_search_tuner(search_dir, cfg)
+            return restore_search_tuner(tune_dir, cfg)
 
-        return _fit(cfg, space, store, parent, search_dir, console, make_tuner)
+        return _fit(cfg, space, store, parent, search_dir, state, console, make_tuner)
 
 
-def _fit(cfg, space, store, parent, search_dir, console, make_tuner) -> SearchOutcome:
+def extend_search(
+    target: str,
+    overrides: dict,
+    tracking_uri: str | None = None,
+    console: Callable[[str], None] = print,
+) -> SearchOutcome:
+    """Add ``search.num_samples`` trials to a finished or interrupted search: the same pipeline and space,
+    the same Optuna study (TPE goes on from what it learned), the same MLflow parent run."""
+    store, parent, search_dir, state = _load(target, tracking_uri)
+    cfg = from_dict(state["pipeline"], f"{search_dir}/{STATE_FILE}")
+    allowed = {"search.num_samples", "search.max_concurrent"}
+    changed = sorted(k for k in overrides if k not in allowed)
+    if changed or "search.num_samples" not in overrides:
+        raise ConfigError(
+            f"--extend adds trials to search {state['name']} with its own pipeline: set search.num_samples "
+            f"(and optionally search.max_concurrent) only"
+            + (f"; {', '.join(changed)} cannot change (start a new search for that)" if changed else "")
+        )
+    cfg = cfg.replace(overrides, source="--extend --set")
+    if Path(cfg.search.space).is_file() and file_sha256(Path(cfg.search.space)) != state.get("space_sha256"):
+        raise ConfigError(
+            f"search.space = {cfg.search.space} changed since search {state['name']} ran (its sha256 differs): "
+            "an extension samples the same space; start a new search"
+        )
+    space = load_space(cfg.search.space, cfg)
+    done = len(store.child_runs(parent, f"tags.`{contract.ROLE}` = '{contract.Role.TRIAL.value}'"))
+    experiments = state.get("experiments", [state["name"]])
+    name = f"{state['name']}-extend{len(experiments)}"
+    with ray_session(cfg.search.ray_address):
+        run_preflight(cfg, embedded=not cfg.search.ray_address, console=console)
+        state = {
+            **state,
+            "experiments": [*experiments, name],
+            "planned": state.get("planned", done) + cfg.search.num_samples,
+        }
+        write_search_state(search_dir, state)
+        store.reopen_run(parent)
+        console(f"extending search {state['name']} (MLflow parent run {parent}) by {cfg.search.num_samples} trials")
+        study = (study_storage_url(cfg, store.uri), state["name"])
+        _announce(cfg, store, parent, study, console)
+        info = store.run(parent)
+
+        def make_tuner():
+            from sati.search.tuner import build_search_tuner
+
+            runs = TrialRuns(store, parent, info.tags.get(contract.DATA_CHECKSUM, ""), git_commit())
+            return build_search_tuner(cfg, space, name, runs, study, first_number=done + 1)
+
+        return _fit(cfg, space, store, parent, search_dir, state, console, make_tuner)
+
+
+def _shown(cfg: PipelineConfig) -> dict:
+    """The pipeline as MLflow shows it: a study storage's password masked."""
+    shown = cfg.to_dict()
+    if cfg.search.study_storage:
+        shown["search"]["study_storage"] = mask_password(cfg.search.study_storage)
+    return shown
+
+
+def _announce(cfg: PipelineConfig, store: TrackingStore, parent: str, study: tuple[str, str], console) -> None:
+    """Where to watch the search: the MLflow runs table sorted by the metric, the live Optuna dashboard."""
+    experiment = store.run(parent).experiment_id
+    store.client.set_experiment_tag(experiment, contract.EXPERIMENT_KIND, contract.MODEL_TRAINING_KIND)
+    link = runs_table_link(ui_address(store.uri), experiment, cfg.train.selection_metric, cfg.train.selection_direction)
+    console(f"runs, best first: {link}")
+    console(f"live study:       optuna-dashboard {mask_password(study[0])}   (study '{study[1]}')")
+
+
+def _fit(cfg, space, store, parent, search_dir, state, console, make_tuner) -> SearchOutcome:
     """Fit and summarize (Ray is up); a search that dies marks its parent run FAILED."""
     try:
-        results = make_tuner().fit()
-        return _finish(cfg, space, store, parent, search_dir, results, console)
+        make_tuner().fit()
+        return _finish(cfg, space, store, parent, search_dir, state, console)
     except BaseException:
         store.end_run(parent, "FAILED")
         raise
 
 
-def _finish(cfg, space, store: TrackingStore, parent, search_dir, results, console) -> SearchOutcome:
-    """Close orphans, upload the top trials' weights (``log_checkpoints: top_k``), log the summary and
-    the search's cost to the parent run, print the best trials."""
-    from sati.search.tuner import tune_metric
-
-    metric = cfg.train.selection_metric
-    rows = summary.trial_rows(cfg, results, trial_runs_by_id(store, parent), tune_metric(cfg))
+def _finish(cfg, space, store: TrackingStore, parent, search_dir, state, console) -> SearchOutcome:
+    """Close orphans, upload the top trials' weights (``log_checkpoints: top_k``), log the leaderboard,
+    plots, description and cost to the parent run, print the best trials. Rows come from the trial
+    runs, so a resumed or extended search is summarized whole."""
+    metric, mode = cfg.train.selection_metric, cfg.train.selection_direction
     TrialRuns(store, parent).close_orphans()
-    ranked = summary.ranked_rows(cfg, rows)
+    rows = leaderboard.trial_rows(store, parent, metric, space.keys)
+    ranked = leaderboard.ranked(rows, metric, mode)
     if cfg.search.log_checkpoints == "top_k":
-        _upload_top_k(store, results, ranked[: cfg.search.top_k], console)
+        _upload_top_k(store, ranked[: cfg.search.top_k], console)
     best = None
     if ranked:
         b = ranked[0]
         best = {"run_id": b["mlflow_run_id"], "trial_id": b["trial_id"], "metrics": {metric: b[metric]}}
-    cost = summary.search_cost(cfg, rows)
-    log_search_summary(store, parent, rows, summary.study_plots(cfg, space, rows), best)
+    cost = summary.search_cost(rows)
+    notes = [note] if (note := summary.budget_note(cfg, rows, cost, state.get("planned", len(rows)))) else []
+    table = leaderboard.table_rows(rows, metric, mode)
+    log_search_summary(store, parent, table, plots.search_plots(rows, metric, mode, space), best)
     store.log_metrics(parent, cost)
-    budget_note = summary.budget_note(cfg, rows, cost)
-    if budget_note:
-        store.set_tags(parent, {contract.STOPPED_REASON: budget_note})
-        console(budget_note)
+    if notes:
+        store.set_tags(parent, {contract.STOPPED_REASON: notes[0]})
+        console(notes[0])
+    leaderboard.publish_final(store, parent, rows, metric, mode, space.keys, notes)
     store.end_run(parent, "FINISHED")
-    console(summary.best_table(cfg, ranked[:5]))
+    console(summary.best_table(cfg, ranked[:5], space.keys))
     console(
         f"\nsearch directory: {search_dir}\nMLflow parent run: {parent}\n"
         f"cost: {cost['cost/cpu_hours']:.3g} CPU-hours, {cost['cost/gpu_hours']:.3g} GPU-hours\n"
@@ -172,14 +256,14 @@ def _finish(cfg, space, store: TrackingStore, parent, search_dir, results, conso
     return SearchOutcome(parent, store.uri, search_dir, rows, best)
 
 
-def _upload_top_k(store: TrackingStore, results, top: list[dict], console: Callable[[str], None]) -> None:
-    """``best.pt`` of the ``top`` trials from their Tune checkpoints to their MLflow runs."""
-    by_trial = {(r.metrics or {}).get("trial_id"): r for r in results}
-    for row in top:
-        result = by_trial.get(row["trial_id"])
-        if result is None or result.checkpoint is None or not row["mlflow_run_id"]:
-            continue
-        with result.checkpoint.as_directory() as d:
-            if (Path(d) / "best.pt").exists():
-                store.client.log_artifact(row["mlflow_run_id"], str(Path(d) / "best.pt"), artifact_path="checkpoint")
+def _upload_top_k(store: TrackingStore, top: list[dict], console: Callable[[str], None]) -> None:
+    """``best.pt`` of the ``top`` trials, read from their Tune checkpoints, to their MLflow runs."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sati-top-k-") as tmp:
+        for i, row in enumerate(top):
+            uri = store.run(row["mlflow_run_id"]).tags.get(contract.CHECKPOINT_URI)
+            if uri:
+                local = storage.copy_file_to_local(uri, Path(tmp) / str(i) / "best.pt")
+                store.client.log_artifact(row["mlflow_run_id"], str(local), artifact_path="checkpoint")
     console(f"uploaded best.pt of the {len(top)} best trial(s) to MLflow (search.log_checkpoints: top_k)")

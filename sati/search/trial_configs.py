@@ -35,3 +35,18 @@ class ReseededPipelines:
         cfg = from_dict(self.bases[i], f"candidate {self.source_runs[i]}").replace({"seed": seed})
         tags = {contract.CANDIDATE_RUN: self.source_runs[i], contract.CANDIDATE: str(i), contract.SEED: str(seed)}
         return cfg, tags
+
+
+class VariantPipelines:
+    """Reproduction trials: the base pipeline with variant ``v``'s overrides (``{dotted key: value}``,
+    its ablation switches) and seed ``s``; seed s of every variant is paired with seed s of the others."""
+
+    def __init__(self, base: dict[str, Any], variants: dict[str, dict[str, Any]]):
+        self.base, self.variants = base, variants
+
+    def __call__(self, trial_config: dict[str, Any]) -> tuple[PipelineConfig, dict[str, str]]:
+        variant, seed = str(trial_config["variant"]), int(trial_config["seed"])
+        cfg = from_dict(self.base, "reproduction pipeline").replace(
+            {**self.variants[variant], "seed": seed}, source=f"variant {variant}"
+        )
+        return cfg, {contract.VARIANT: variant, contract.SEED: str(seed)}

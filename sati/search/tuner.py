@@ -11,8 +11,11 @@ from sati.config import PipelineConfig
 from sati.search.callbacks import TrackingCallback
 from sati.search.searcher import BudgetedLimiter, DefineByRun, StopAwareOptunaSearch, tpe_sampler
 from sati.search.space import SearchSpace
+from sati.search.study import rdb_storage
 from sati.search.trainable import TrialResolver, train_trial
 from sati.search.trial_configs import ReseededPipelines, SampledPipelines
+from sati.seeding import derive_seed
+from sati.tracking.leaderboard import LiveBoard
 from sati.tracking.searches import TrialRuns
 
 
@@ -44,11 +47,13 @@ def _run_config(
     runs: TrialRuns,
     resolve: TrialResolver,
     parameter_columns: list[str],
+    first_number: int = 1,
 ) -> tune.RunConfig:
     """Where the experiment state goes, the MLflow callback, retries, and the live table (trials,
     state, epoch, best validation metric, ``parameter_columns``)."""
     s, metric = cfg.search, cfg.train.selection_metric
     experiment_uri = storage.join(storage_path, name)
+    board = LiveBoard(runs.store, runs.parent, metric, cfg.train.selection_direction, parameter_columns)
     table = tune.CLIReporter(
         metric_columns={"epoch": "epoch", tune_metric(cfg): f"best {metric}"},
         parameter_columns=parameter_columns,
@@ -58,7 +63,7 @@ def _run_config(
     return tune.RunConfig(
         name=name,
         storage_path=storage_path,
-        callbacks=[TrackingCallback(runs, resolve, metric, experiment_uri, s.log_checkpoints)],
+        callbacks=[TrackingCallback(runs, resolve, board, experiment_uri, s.log_checkpoints, first_number)],
         progress_reporter=table,
         failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False),
         # every checkpoint directory is kept; TrackingCallback empties all but the newest (its docstring)
@@ -75,17 +80,31 @@ def _trainable(resolve: TrialResolver, cfg: PipelineConfig):
     )
 
 
-def build_search_tuner(cfg: PipelineConfig, space: SearchSpace, name: str, runs: TrialRuns) -> tune.Tuner:
-    """A search: ``search.num_samples`` trials sampled by TPE from ``space``, the pipeline's own values
-    first, under the configured scheduler."""
+def build_search_tuner(
+    cfg: PipelineConfig,
+    space: SearchSpace,
+    name: str,
+    runs: TrialRuns,
+    study: tuple[str, str],
+    first_number: int = 1,
+) -> tune.Tuner:
+    """A search: ``search.num_samples`` trials sampled by TPE from ``space`` under the configured scheduler,
+    its Optuna study kept in ``study`` = (storage URL, study name). A new search tries the pipeline's own
+    values first; an extension (``first_number`` > 1: its trials are numbered on from there) continues
+    the same study, so TPE starts from what it learned."""
+    extend = first_number > 1
     s = cfg.search
-    first = space.defaults(cfg)  # the pipeline's own values are the first point tried
+    first = None if extend else space.defaults(cfg)  # the pipeline's own values are the first point tried
+    url, study_name = study
     searcher = StopAwareOptunaSearch(
         space=DefineByRun(space, cfg),
         metric=tune_metric(cfg),
         mode=cfg.train.selection_direction,
-        sampler=tpe_sampler(cfg.seed),
+        # an extension draws other random points than the search did (the same seed would repeat them)
+        sampler=tpe_sampler(derive_seed(cfg.seed, "extend", name) if extend else cfg.seed),
         points_to_evaluate=[first] if first else None,
+        storage=rdb_storage(url),
+        study_name=study_name,
     )
     resolve = SampledPipelines(cfg.to_dict())
     return tune.Tuner(
@@ -104,7 +123,7 @@ def build_search_tuner(cfg: PipelineConfig, space: SearchSpace, name: str, runs:
             time_budget_s=s.time_budget_s,
             reuse_actors=s.reuse_actors,
         ),
-        run_config=_run_config(cfg, name, s.storage_path, runs, resolve, space.keys),
+        run_config=_run_config(cfg, name, s.storage_path, runs, resolve, space.keys, first_number),
     )
 
 

@@ -14,6 +14,8 @@ from enum import Enum
 from typing import Any
 
 # MLflow's own tags
+EXPERIMENT_KIND = "mlflow.experimentKind"  # experiment tag: which view the UI opens
+MODEL_TRAINING_KIND = "custom_model_development"  # the runs table and charts (not the GenAI traces view)
 PARENT_RUN = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 NOTE = "mlflow.note.content"
@@ -27,6 +29,8 @@ class Role(str, Enum):
     CONFIRM = "confirm"
     PROMOTION = "promotion"
     EVALUATION = "evaluation"
+    REPRODUCTION = "reproduction"  # `sati reproduce`: variants × seeds, the paper's tables
+    RERUN = "rerun"  # `sati reproduce --rerun`: one run trained again, nested under it
 
 
 # Run tags
@@ -44,6 +48,8 @@ FAILURE_REASON = "sati.failure_reason"
 NODE_ID = "sati.node_id"  # trial: the Ray node it ran on last
 NODES = "sati.nodes"  # trial: every Ray node it ran on, comma-separated
 BEST_TRIAL_RUN = "sati.best_trial_run_id"  # search
+BEST = "sati.best"  # trial: "true" on the search's best trial
+EPOCHS = "sati.epochs"  # trial: epochs it trained
 STOPPED_REASON = "sati.stopped_reason"  # search: why it ran fewer trials than asked (a budget)
 CHECKPOINT_URI = "sati.checkpoint_uri"  # trial: its best.pt in the search's storage (Tune's checkpoint)
 CANDIDATE_RUN = "sati.candidate_run_id"  # confirmation trial: the search trial it retrains
@@ -54,6 +60,12 @@ SEARCH_RUN = "sati.search_run_id"  # confirm run, model version: the search it c
 SPLIT = "sati.split"  # evaluation
 MODEL_URIS = "sati.model_uris"  # evaluation
 MODEL_VERSION = "sati.model_version"  # evaluation of one registered version
+VARIANT = "sati.variant"  # reproduction trial: full, no_til, no_gate, no_adversarial or text_only
+REPRODUCTION_SOURCE = "sati.reproduction_source"  # reproduction: the pipeline, model URI or run it started from
+RERUN_OF = "sati.rerun_of"  # rerun: the run it trains again
+RERUN_MATCH = "sati.rerun_match"  # rerun: exact, within tolerance, or differs (per-epoch metrics)
+RERUN_FORCED_DATA = "sati.rerun_forced.data_checksum"  # rerun with --force: recorded → now
+RERUN_FORCED_CODE = "sati.rerun_forced.git_commit"  # rerun with --force: recorded → now
 _VERSION_PREFIX = "sati.version."  # search: library versions
 _SAMPLED_PREFIX = "sampled."  # search trial: the values Optuna sampled
 
@@ -74,6 +86,7 @@ PARAM_MODEL_NAME = "registry.model_name"
 _LEGACY_METRIC_PARAMS = ("search.metric", "search.mode")  # searches logged before train.selection_metric
 CONFIRM_PARAMS = ("candidates", "seeds", "metric")
 EVALUATION_PARAMS = ("models", "noise", "drop", "split", "samples")
+REPRODUCTION_PARAMS = ("reproduction.source", "reproduction.variants", "reproduction.seeds", "reproduction.noise")
 
 
 def version_tag(package: str) -> str:

@@ -28,6 +28,7 @@ def log_and_register(
     store: TrackingStore,
     *,
     search: RunInfo,
+    trial: RunInfo,
     run_name: str,
     checkpoint: Path,
     config: Path,
@@ -36,10 +37,12 @@ def log_and_register(
     signature,
     pip_requirements: list[str],
     model_name: str,
-    version_tags: dict[str, str],
+    evidence: c.Evidence,
 ):
-    """Log the checkpoint as an MLflow pyfunc model (as code) in a promotion run nested under the
-    search, and register it as a new version of ``model_name``. Returns (model version, created?)."""
+    """Log the checkpoint as an MLflow pyfunc model (as code) in a promotion run nested under the trial,
+    with its validation metrics on the logged model, and register it as a new version of
+    ``model_name`` whose source run is the trial and whose description links the runs it came from.
+    Returns (model version, created?)."""
     import mlflow
 
     import sati
@@ -51,7 +54,7 @@ def log_and_register(
     artifacts = {"checkpoint": str(checkpoint), "config": str(config)}
     if text_encoder is not None:
         artifacts["text_encoder"] = str(text_encoder)
-    tags = {c.ROLE: c.Role.PROMOTION.value, c.PARENT_RUN: search.run_id, c.MODEL_NAME: model_name}
+    tags = {c.ROLE: c.Role.PROMOTION.value, c.PARENT_RUN: trial.run_id, c.MODEL_NAME: model_name}
     with mlflow.start_run(experiment_id=search.experiment_id, run_name=run_name, tags=tags):
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -62,8 +65,51 @@ def log_and_register(
             input_example=input_example,
             pip_requirements=pip_requirements,
         )
-    version = mlflow.register_model(info.model_uri, model_name, tags=version_tags)
+        mlflow.log_metrics(evidence.valid_metrics, model_id=info.model_id)
+    if created:
+        store.client.create_registered_model(model_name)
+    version = store.client.create_model_version(
+        model_name,
+        source=info.model_uri,
+        run_id=trial.run_id,
+        tags=evidence.to_tags(),
+        description=version_description(store, evidence, search.experiment_id),
+        model_id=info.model_id,
+    )
     return version, created
+
+
+def version_description(store: TrackingStore, e: c.Evidence, experiment_id: str, extra: list[str] = ()) -> str:
+    """A model version's Markdown description: where it was trained and selected, how well, and links."""
+    from sati.tracking.leaderboard import run_link
+
+    trial = store.run(e.trial_run_id).name if e.trial_run_id else "?"
+    lines = [
+        f"Trial [{trial}]({run_link(experiment_id, e.trial_run_id)}) of search "
+        f"[{e.search_name}]({run_link(experiment_id, e.search_run_id)}), selected on the validation split: "
+        f"`{e.metric}` = {e.value:.4f} at epoch {e.epoch}.",
+        "",
+        "| " + " | ".join(e.valid_metrics) + " |",
+        "|---" * len(e.valid_metrics) + "|",
+        "| " + " | ".join(f"{v:.4f}" for v in e.valid_metrics.values()) + " |",
+        "",
+        f"Data `{e.data_name}` (checksum `{e.data_checksum[:12]}…`), text encoder `{e.text_encoder}`, "
+        f"code `{e.git_commit[:12]}`, torch {e.torch}.",
+    ]
+    if e.confirmation:
+        cf = e.confirmation
+        lines += [
+            "",
+            f"Retrained with {cf.seeds} fresh seeds ([confirmation]({run_link(experiment_id, cf.confirm_run_id)})): "
+            f"{cf.mean:.4f} ± {cf.std:.4f}; this is its best seed.",
+        ]
+    return "\n".join([*lines, *extra]) + "\n"
+
+
+def add_to_description(store: TrackingStore, name: str, version: str, line: str) -> None:
+    """Append a line (e.g. a link to an evaluation run) to a version's description."""
+    current = get_version(store, name, version).description or ""
+    store.client.update_model_version(name, version, description=current.rstrip("\n") + "\n\n" + line + "\n")
 
 
 def model_exists(store: TrackingStore, name: str) -> bool:
@@ -218,6 +264,16 @@ def load_registered(store: TrackingStore, model_uri: str):
     return predictor
 
 
+def logged_model_id(version) -> str:
+    """The id of the logged model behind a model version (``models:/m-<id>`` sources; the REST API
+    does not always fill ``model_id``)."""
+    model_id = getattr(version, "model_id", None)
+    if model_id:
+        return model_id
+    source = version.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else ""
+
+
 def describe_model_uri(store: TrackingStore, model_uri: str) -> dict[str, Any]:
     """For ``models:/name/version`` or ``models:/name@alias``: name, version, model id, source run and
     the version's evidence; {} for other URIs."""
@@ -231,7 +287,7 @@ def describe_model_uri(store: TrackingStore, model_uri: str) -> dict[str, Any]:
     return {
         "name": name,
         "version": str(mv.version),
-        "model_id": getattr(mv, "model_id", None) or "",
+        "model_id": logged_model_id(mv),
         "run_id": mv.run_id or "",
         "evidence": c.Evidence.from_tags(dict(mv.tags)),
     }

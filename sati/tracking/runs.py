@@ -44,9 +44,16 @@ def log_evaluation(
     params: dict[str, Any],
     models: list[dict[str, Any]],
     split: str,
+    parent: str | None = None,
 ) -> str:
-    """An evaluation run: metrics, tables, and links both ways to the evaluated model versions."""
-    run_id = store.create_run(store.experiment_id(experiment), run_name, {c.ROLE: c.Role.EVALUATION.value, **tags})
+    """An evaluation run (nested under ``parent``, the evaluated model's run): metrics, tables, and
+    links both ways to the evaluated model versions (a tag and a line of the version's description)."""
+    from sati.tracking.leaderboard import run_link
+    from sati.tracking.registry import add_to_description
+
+    experiment_id = store.experiment_id(experiment)
+    tags = {c.ROLE: c.Role.EVALUATION.value, **tags}
+    run_id = store.create_run(experiment_id, run_name, tags, parent=parent)
     model_id = models[0].get("model_id") if len(models) == 1 else None
     store.log_metrics(run_id, metrics, model_id=model_id or None)
     store.log_params(run_id, params)
@@ -55,5 +62,8 @@ def log_evaluation(
     for m in models:
         if m.get("name") and m.get("version"):
             store.client.set_model_version_tag(m["name"], m["version"], c.evaluation_tag(split), run_id)
+            mae = metrics.get(f"{split}/mae", float("nan"))
+            line = f"Evaluated on `{split}`: [{run_name}]({run_link(experiment_id, run_id)}), MAE {mae:.4f}."
+            add_to_description(store, m["name"], m["version"], line)
     store.end_run(run_id)
     return run_id

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from sati.config import flatten
+from sati.provenance import rerun_record
 from sati.tables import rows_csv, rows_markdown
 from sati.tracking import contract as c
 from sati.tracking.store import RunInfo, TrackingError, TrackingStore
@@ -68,6 +70,8 @@ def trial_runs_by_id(store: TrackingStore, parent_run_id: str) -> dict[str, RunI
     return {r.tags.get(c.TRIAL_ID, ""): r for r in store.child_runs(parent_run_id)}
 
 
+FIGURE_SAVE = {"bbox_inches": "tight", "dpi": 110}  # no clipped labels
+RERUN_ARTIFACT = "rerun.json"  # what `sati reproduce --rerun` trains again from (provenance.rerun_record)
 STEP_METRIC = "train/loss"  # logged every epoch: its history tells which epochs a run has
 
 
@@ -75,26 +79,37 @@ class TrialRuns:
     """One child run per Ray trial under a parent run (a search or a confirmation round), found again
     after a restore. Used by the driver's Tune callback; pickled with Tune's experiment state."""
 
-    def __init__(self, store: TrackingStore, parent_run_id: str):
+    def __init__(self, store: TrackingStore, parent_run_id: str, data_checksum: str = "", commit: str = "unknown"):
         self.store, self.parent = store, parent_run_id
+        self.data_checksum, self.commit = data_checksum, commit  # provenance of every trial's rerun record
         self.runs: dict[str, str] = {}  # trial id → run id
         self.logged: dict[str, int] = {}  # trial id → last epoch logged
         self.history: dict[str, list[dict]] = {}
         self.nodes: dict[str, list[str]] = {}  # trial id → Ray nodes it ran on
 
     def __getstate__(self) -> dict:
-        return {"store": self.store, "parent": self.parent, "runs": self.runs, "logged": self.logged}
+        return {
+            "store": self.store,
+            "parent": self.parent,
+            "runs": self.runs,
+            "logged": self.logged,
+            "data_checksum": self.data_checksum,
+            "commit": self.commit,
+        }
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({"history": {}, "nodes": {}, "logged": {}, **state})
+        self.__dict__.update(
+            {"history": {}, "nodes": {}, "logged": {}, "data_checksum": "", "commit": "unknown", **state}
+        )
 
     def _existing(self, trial_id: str) -> str | None:
         found = self.store.child_runs(self.parent, f"tags.`{c.TRIAL_ID}` = '{trial_id}'")
         return found[0].run_id if found else None
 
-    def start(self, trial_id: str, trial_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
-        """Create the trial's run (all resolved params; ``tags`` such as the sampled values), or
-        reopen the one a previous, interrupted driver made."""
+    def start(self, trial_id: str, trial_name: str, config: dict[str, Any], tags: dict[str, str]) -> str:
+        """Create the trial's run (the resolved ``config`` as params and in ``rerun.json`` with the
+        provenance a re-run needs; ``tags`` such as the sampled values), or reopen the one a previous,
+        interrupted driver made."""
         run_id = self.runs.get(trial_id) or self._existing(trial_id)
         if run_id:
             self.store.reopen_run(run_id)
@@ -103,10 +118,12 @@ class TrialRuns:
             self.logged[trial_id] = max((m.step for m in history), default=0)
         else:
             experiment = self.store.client.get_run(self.parent).info.experiment_id
-            run_id = self.store.create_run(
-                experiment, trial_name, {c.ROLE: c.Role.TRIAL.value, c.TRIAL_ID: trial_id, **tags}, parent=self.parent
-            )
-            self.store.log_params(run_id, params)
+            tags = {c.ROLE: c.Role.TRIAL.value, c.TRIAL_ID: trial_id, c.SEED: str(config.get("seed")), **tags}
+            tags |= {c.DATA_CHECKSUM: self.data_checksum, c.GIT_COMMIT: self.commit}
+            run_id = self.store.create_run(experiment, trial_name, tags, parent=self.parent)
+            self.store.log_params(run_id, flatten(config))
+            record = rerun_record(config, self.data_checksum, self.commit)
+            self.store.client.log_dict(run_id, record, RERUN_ARTIFACT)
             self.logged[trial_id] = 0
         self.runs[trial_id] = run_id
         self.history.setdefault(trial_id, [])
@@ -150,8 +167,10 @@ class TrialRuns:
             return
         history = sorted(self.history.get(trial_id, []), key=lambda h: h.get("epoch", 0))
         if history:
-            self.store.client.log_figure(run_id, learning_curve(history, metric), "learning_curve.png")
-        tags = {c.TRIAL_STATUS: status, **({c.FAILURE_REASON: reason} if reason else {})}
+            figure = learning_curve(history, metric)
+            self.store.client.log_figure(run_id, figure, "learning_curve.png", save_kwargs=FIGURE_SAVE)
+        epochs = max((int(h.get("epoch", 0)) for h in history), default=self.logged.get(trial_id, 0))
+        tags = {c.TRIAL_STATUS: status, c.EPOCHS: str(epochs), **({c.FAILURE_REASON: reason} if reason else {})}
         self.store.set_tags(run_id, tags)
         self.store.end_run(run_id, "FINISHED" if status in ("finished", "stopped") else "FAILED")
 
@@ -164,21 +183,25 @@ class TrialRuns:
 
 
 def learning_curve(history: list[dict], metric: str):
-    """Train loss and the validation metric per epoch, as a matplotlib figure."""
+    """The training loss and the validation metric per epoch, one panel each, as a matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(epochs, [h.get("train/task", float("nan")) for h in history], "o-", label="train/task (MSE)")
-    ax.set_xlabel("epoch")
-    ax2 = ax.twinx()
-    ax2.plot(epochs, [h.get(metric, float("nan")) for h in history], "s-", color="tab:orange", label=metric)
-    ax.set_ylabel("train/task")
-    ax2.set_ylabel(metric)
-    fig.legend(loc="upper right")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    top.plot(epochs, [h.get("train/task", float("nan")) for h in history], "o-", label="train/task (MSE)")
+    top.plot(epochs, [h.get("train/loss", float("nan")) for h in history], "s--", label="train/loss (total)")
+    top.set_ylabel("training loss")
+    top.legend(loc="best")
+    bottom.plot(epochs, [h.get(metric, float("nan")) for h in history], "o-", color="tab:orange", label=metric)
+    bottom.set_ylabel(metric)
+    bottom.set_xlabel("epoch")
+    bottom.xaxis.get_major_locator().set_params(integer=True)
+    bottom.legend(loc="best")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -191,7 +214,7 @@ def log_search_summary(
     store.client.log_text(parent_run_id, rows_csv(rows), "trials.csv")
     store.client.log_text(parent_run_id, rows_markdown(rows), "trials.md")
     for name, fig in figures.items():
-        store.client.log_figure(parent_run_id, fig, f"plots/{name}.png")
+        store.client.log_figure(parent_run_id, fig, f"plots/{name}.png", save_kwargs=FIGURE_SAVE)
     if best:
         store.log_metrics(parent_run_id, {f"best_trial/{k}": v for k, v in best["metrics"].items()})
         store.set_tags(parent_run_id, {c.BEST_TRIAL_RUN: best["run_id"]})

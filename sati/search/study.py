@@ -1,0 +1,46 @@
+"""Where a search keeps its Optuna study: an RDB storage that ``optuna-dashboard`` reads live.
+
+``search.study_storage`` names it; without one, ``$SATI_STUDY_STORAGE`` (the compose stack sets it,
+so a database password never sits in a pipeline file or a command line), else a SQLite file beside
+a local MLflow store (``sqlite:///…/mlflow.db`` → ``…/optuna.db``), else ``./optuna.db``. The study is
+named after the search, so ``--resume`` and ``--extend`` find it again (``load_if_exists``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sati.config import PipelineConfig
+
+ENV = "SATI_STUDY_STORAGE"
+
+
+def study_storage_url(cfg: PipelineConfig, tracking_uri: str) -> str:
+    """The study's storage URL for ``cfg`` and the search's tracking store."""
+    if cfg.search.study_storage:
+        return cfg.search.study_storage
+    if os.environ.get(ENV):
+        return os.environ[ENV]
+    if tracking_uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(tracking_uri.removeprefix('sqlite:///')).with_name('optuna.db')}"
+    return f"sqlite:///{Path.cwd() / 'optuna.db'}"
+
+
+def mask_password(url: str) -> str:
+    """``url`` with any password masked, for logs, MLflow params and the console."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def rdb_storage(url: str):
+    """The Optuna storage at ``url`` (created on first use)."""
+    import optuna
+
+    return optuna.storages.RDBStorage(
+        url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {}
+    )

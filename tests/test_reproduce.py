@@ -1,0 +1,295 @@
+"""`sati reproduce`: the paired statistics, the text-only variant, bad input, and (slow) a 2-variant ×
+2-seed reproduction on real Ray and MLflow whose tables are checked against its child runs, then an
+exact re-run of one of those trials and the refusal of a changed data file."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from sati.batch import Batch
+from sati.cli import main
+from sati.config import AblationConfig, LossConfig, ModelConfig
+from sati.data.h5format import content_checksum, list_splits, read_info, read_split
+from sati.losses import total_loss
+from sati.model import SATI
+from sati.statistics import bootstrap_interval, compare, paired_differences, smallest_p, wilcoxon_p
+from sati.testing.pipelines import small_pipeline
+from sati.testing.processes import run_sati
+
+# --------------------------------------------------------------------------------------------
+# The statistics, by hand
+
+
+def test_paired_statistics_match_a_hand_computation():
+    full = {1: 0.70, 2: 0.72, 3: 0.68, 4: 0.75, 5: 0.71}
+    variant = {1: 0.80, 2: 0.52, 3: 0.98, 4: 1.15, 5: 1.21, 9: 3.0}  # seed 9 has no partner in full
+    d = paired_differences(variant, full)
+    np.testing.assert_allclose(d, [0.1, -0.2, 0.3, 0.4, 0.5])
+
+    # |d| ranks 1..5; the one negative difference has rank 2, so W- = 2. Of the 2^5 = 32 equally likely
+    # sign patterns, 3 have a negative rank sum <= 2 ({}, {1}, {2}); both tails: p = 6/32.
+    assert wilcoxon_p(d) == pytest.approx(6 / 32)
+    # three positive differences: only the all-positive pattern (and its mirror) is as extreme: 2/8
+    assert wilcoxon_p([1.0, 2.0, 3.0]) == pytest.approx(0.25) == smallest_p(3)
+    # a zero difference is dropped before ranking: the same as the three above
+    assert wilcoxon_p([0.0, 1.0, 2.0, 3.0]) == pytest.approx(0.25)
+    assert wilcoxon_p([0.0, 0.0]) == 1.0  # nothing differs
+    # tied magnitudes get mid-ranks 1, 2.5, 2.5, 4.5, 4.5; W- = 1; patterns with a rank sum <= 1 on one
+    # side: {} and {1}, on either side: 4 of 32
+    assert wilcoxon_p([-1.0, 2.0, 2.0, 3.0, 3.0]) == pytest.approx(4 / 32)
+    # round-off in the subtraction neither breaks the tie nor makes a zero a difference
+    assert wilcoxon_p([0.3 - 0.2, 0.2 - 0.1, -(0.7 - 0.6)]) == wilcoxon_p([0.1, 0.1, -0.1])
+    assert smallest_p(5) == pytest.approx(0.0625) and smallest_p(6) < 0.05  # 6 seeds before p < 0.05 is possible
+
+    # the bootstrap of [1, 2, 3]: of the 27 equally likely resamples one has mean 1 and one mean 3 (3.7 %
+    # each, more than the 2.5 % tails), so the 95 % percentile interval is exactly [1, 3]
+    assert bootstrap_interval(np.array([1.0, 2.0, 3.0]), seed=0) == (1.0, 3.0)
+    assert bootstrap_interval(np.array([0.5, 0.5, 0.5]), seed=1) == (0.5, 0.5)
+    assert bootstrap_interval(d, seed=3) == bootstrap_interval(d, seed=3)  # seeded: repeatable
+
+    c = compare(variant, full, seed=0)
+    assert c.n == 5 and c.mean_difference == pytest.approx(0.22)
+    assert c.p_value == pytest.approx(6 / 32) and not c.significant
+    assert -0.2 <= c.ci_low < 0.22 < c.ci_high <= 0.5 and not c.interval_excludes_zero
+
+
+# --------------------------------------------------------------------------------------------
+# The text-only variant
+
+
+def _batch(b: int = 3, t: int = 6) -> Batch:
+    """Audio/video steps within the text (av_mask ⊆ text_mask), as in a text-only or aligned dataset."""
+    text_mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 3 + [0] * 3]).bool()
+    av_mask = torch.tensor([[1] * 5 + [0], [1] * 2 + [0] * 4, [1] + [0] * 5]).bool()
+    gen = torch.Generator().manual_seed(0)
+    return Batch(
+        audio=torch.randn(b, t, 74, generator=gen) * av_mask[..., None],
+        video=torch.randn(b, t, 47, generator=gen) * av_mask[..., None],
+        av_mask=av_mask,
+        text_mask=text_mask,
+        mask=text_mask | av_mask,
+        labels=torch.tensor([1.5, -0.5, 2.0]),
+        ids=["a", "b", "c"],
+        text_ids=torch.randint(5, 300, (b, t), generator=gen),
+    )
+
+
+def test_text_only_is_the_full_model_with_audio_and_video_shut_out(tiny_encoder):
+    cfg = ModelConfig(
+        text_encoder=str(tiny_encoder), hidden_size=32, encoder_feedforward=64, fusion_feedforward=64, fbp_hidden=8
+    )
+    torch.manual_seed(0)
+    text_only = SATI(cfg, AblationConfig(text_only=True), 74, 47).eval()
+    batch = _batch()
+    out = text_only(batch)
+    assert out.prediction.shape == (3,) and torch.isfinite(out.prediction).all()
+    assert out.gates.shape == (2, 3, 6) and not out.gates.any()  # both streams shut
+
+    # audio and video are not read at all
+    loud = Batch(**{**batch.__dict__, "audio": 100 * batch.audio + 1, "video": -batch.video})
+    torch.testing.assert_close(text_only(loud).prediction, out.prediction, rtol=0, atol=0)
+
+    # the same weights in the full model, with its (linear, bias-free) gate at 0, predict the same
+    full = SATI(cfg, AblationConfig(), 74, 47).eval()
+    full.load_state_dict(text_only.state_dict())
+    with torch.no_grad():
+        full.gate_head.linear.weight.zero_()
+    torch.testing.assert_close(full(batch).prediction, out.prediction, rtol=1e-5, atol=1e-6)
+
+    # only the task loss trains it, and no gradient reaches the audio/video path
+    text_only.train()
+    losses = total_loss(text_only(batch), batch.labels, LossConfig(), AblationConfig(text_only=True))
+    assert losses.total.item() == losses.task.item() > 0
+    assert losses.consistency.item() == losses.temporal.item() == losses.domain.item() == 0
+    losses.total.backward()
+    assert text_only.project[0][0].weight.grad.abs().sum() > 0
+    for module in (text_only.audio_encoder, text_only.project[1], text_only.cross_audio, text_only.discriminator):
+        assert all(p.grad is None for p in module.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: refused before anything starts
+
+
+@pytest.fixture
+def refusals(tmp_path, synth_path, tiny_encoder):
+    """A pipeline on a dataset without a test split, one on the full dataset, and where they would log."""
+    no_test = tmp_path / "no_test.h5"
+    shutil.copy(synth_path, no_test)
+    with h5py.File(no_test, "a") as f:
+        del f["test"]
+        f.attrs["checksum"] = content_checksum({s: read_split(synth_path, s) for s in ("train", "valid")})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    pipelines = {}
+    for name, data in (("ok", synth_path), ("no_test", no_test)):
+        raw = small_pipeline(
+            data,
+            tiny_encoder,
+            search={"storage_path": str(tmp_path / "storage")},
+            tracking={"uri": uri, "experiment": "refusals"},
+        )
+        pipelines[name] = tmp_path / f"{name}.yaml"
+        pipelines[name].write_text(yaml.safe_dump(raw))
+    return pipelines, uri, tmp_path
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["{ok}", "--variants", "full,no_cmd"], "'no_cmd'"),
+        (["{ok}", "--seeds", "0"], "--seeds 0"),
+        (["{ok}", "--noise", "-0.5"], "--noise -0.5"),
+        (["models:/no-such-model@champion", "--tracking-uri", "{uri}"], "no-such-model"),
+        (["0123456789abcdef0123456789abcdef", "--tracking-uri", "{uri}"], "0123456789abcdef0123456789abcdef"),
+        (["{no_test}"], "no test split"),
+    ],
+)
+def test_bad_input_is_refused_before_any_trial_starts(refusals, capsys, args, named):
+    pipelines, uri, root = refusals
+    args = [a.format(uri=uri, **pipelines) for a in args]
+    assert main(["reproduce", *args]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("20")]  # not MLflow's log
+    assert len(err) == 1 and err[0].startswith("error: ") and named in err[0], err
+    if "no test split" in named:
+        assert str(root / "no_test.h5") in err[0]
+    assert not (root / "storage").exists()
+    if (root / "mlflow.db").exists():  # a store that was opened holds no run
+        assert not MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])
+
+
+# --------------------------------------------------------------------------------------------
+# End to end (slow): real Ray, MLflow in SQLite
+
+
+@pytest.fixture(scope="module")
+def reproduction(tmp_path_factory, synth_path, tiny_encoder):
+    """`sati reproduce` of full and text_only × 2 seeds (1 epoch each) on its own copy of the data."""
+    root = tmp_path_factory.mktemp("reproduce")
+    data = root / "data.h5"
+    shutil.copy(synth_path, data)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    raw = small_pipeline(
+        data,
+        tiny_encoder,
+        name="rep",
+        train={"epochs": 1},
+        search={"storage_path": str(root / "storage"), "max_concurrent": 2, "max_failures": 0},
+        tracking={"uri": uri, "experiment": "reproduce"},
+    )
+    (root / "p.yaml").write_text(yaml.safe_dump(raw))
+    args = ["reproduce", "p.yaml", "--seeds", "2", "--variants", "text_only,full", "--out-dir", "tables"]
+    out = run_sati(args, cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("reproduce").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`sati.role` = 'reproduction'")
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return {"root": root, "data": data, "uri": uri, "client": client, "parent": parent, "children": children}
+
+
+def _row(markdown: str, label: str) -> list[str]:
+    (line,) = [ln for ln in markdown.splitlines() if ln.startswith(f"| {label} |")]
+    return [cell.strip() for cell in line.strip("|").split("|")][1:]
+
+
+def _cell(values: list[float], scale: int) -> str:
+    digits = 3 if scale == 1 else 2
+    v = scale * np.array(values)
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+@pytest.mark.slow
+def test_reproduction_writes_three_tables_that_match_its_child_runs(reproduction):
+    r = reproduction
+    tables, parent = r["root"] / "tables", r["parent"]
+    assert parent.info.status == "FINISHED"
+    assert "Table I" in parent.data.tags["mlflow.note.content"]
+    logged = {a.path for a in r["client"].list_artifacts(parent.info.run_id, "tables")}
+    assert {"tables/table1.md", "tables/table2.tex", "tables/table3.md", "tables/differences.md"} <= logged
+    assert r["client"].list_artifacts(parent.info.run_id, "plots")[0].path == "plots/seeds.png"
+    assert (tables / "seeds.png").stat().st_size > 0
+
+    # one child run per variant × seed, the seeds shared by the variants (paired), the first the pipeline's
+    by = {}
+    for run in r["children"]:
+        by.setdefault(run.data.tags["sati.variant"], {})[int(run.data.tags["sati.seed"])] = run.data.metrics
+    assert set(by) == {"full", "text_only"} and set(by["full"]) == set(by["text_only"]) and 7 in by["full"]
+    assert len(r["children"]) == 4 and all(run.info.status == "FINISHED" for run in r["children"])
+
+    # shapes: Table I full and text_only; II one row per variant; III every variant × 5 conditions
+    md = {name: (tables / f"{name}.md").read_text() for name in ("table1", "table2", "table3", "differences")}
+    for name, rows in (("table1", 2), ("table2", 2), ("table3", 10)):
+        lines = [ln for ln in md[name].splitlines() if ln.startswith("|")]
+        assert len(lines) == rows + 2 and all(ln.count("|") == 10 for ln in lines), md[name]
+        assert (tables / f"{name}.tex").read_text().count(r"\\") == rows + 1
+    conditions = ("clean", "noise σ=0.5", "drop text", "drop audio", "drop video")
+    assert [ln.split("|")[1].strip() for ln in md["table3"].splitlines()[2:]] == [
+        f"{v}, {c}" for v in ("full", "text_only") for c in conditions
+    ]
+
+    # every cell is the mean ± std of the child runs' logged test metrics
+    columns = (("mae", 1), ("corr", 1), ("acc2_has0", 100), ("acc2_non0", 100), ("f1_has0", 100))
+    columns += (("f1_non0", 100), ("acc7", 100), ("acc5", 100))
+    for variant, seeds in by.items():
+        clean = [_cell([m[f"test/{k}"] for m in seeds.values()], s) for k, s in columns]
+        noisy = [_cell([m[f"test/noise0.5/{k}"] for m in seeds.values()], s) for k, s in columns]
+        assert _row(md["table2"], variant) == clean == _row(md["table1"], variant)
+        assert _row(md["table3"], f"{variant}, noise σ=0.5") == noisy
+    # text_only reads no audio or video: noise on them changes nothing
+    assert all(m["test/noise0.5/mae"] == m["test/mae"] for m in by["text_only"].values())
+
+    # the paired difference of MAE is the mean over seeds of text_only − full
+    delta = np.mean([by["text_only"][s]["test/mae"] - by["full"][s]["test/mae"] for s in by["full"]])
+    assert _row(md["differences"], "text_only | MAE")[2] == f"{delta:+.3f}"
+    assert "smallest possible p is 0.5" in md["differences"]
+
+
+@pytest.mark.slow
+def test_rerun_of_a_cpu_trial_is_exact_and_a_changed_data_file_is_refused(reproduction, capsys, tmp_path):
+    r = reproduction
+    client, uri = r["client"], r["uri"]
+    (original,) = [
+        run for run in r["children"] if run.data.tags["sati.variant"] == "full" and run.data.tags["sati.seed"] == "7"
+    ]
+    run_id = original.info.run_id
+
+    assert main(["reproduce", "--rerun", run_id, "--tracking-uri", uri]) == 0
+    assert "compared by equality (CPU): exact" in capsys.readouterr().out
+    (again,) = client.search_runs([original.info.experiment_id], f"tags.`sati.rerun_of` = '{run_id}'")
+    assert again.data.tags["mlflow.parentRunId"] == run_id and again.data.tags["sati.role"] == "rerun"
+    assert again.data.tags["sati.rerun_match"] == "exact"
+    compared = [k for k in original.data.metrics if k.startswith(("train/", "valid/", "best/"))]
+    assert "valid/mae" in compared and "train/loss" in compared
+    for key in compared:  # every per-epoch value, as MLflow holds them
+        first = [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+        second = [(m.step, m.value) for m in client.get_metric_history(again.info.run_id, key)]
+        assert first == second, key
+
+    # the same file with one label changed (and its checksum rewritten, as `sati data prepare` would)
+    changed = tmp_path / "changed.h5"
+    shutil.copy(r["data"], changed)
+    with h5py.File(changed, "a") as f:
+        f["train/labels"][0] = f["train/labels"][0] + 1.0
+    with h5py.File(changed, "a") as f:
+        f.attrs["checksum"] = content_checksum({s: read_split(changed, s) for s in list_splits(changed)})
+    recorded, now = read_info(r["data"]).checksum, read_info(changed).checksum
+    assert main(["reproduce", "--rerun", run_id, "--data", str(changed), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"error: data.path = {re.escape(str(changed))} has changed", err), err
+    assert now in err and recorded in err
+    assert len(client.search_runs([original.info.experiment_id], f"tags.`sati.rerun_of` = '{run_id}'")) == 1
+
+    # --force trains on it and says so on the new run
+    assert main(["reproduce", "--rerun", run_id, "--data", str(changed), "--force", "--tracking-uri", uri]) in (0, 1)
+    forced = client.search_runs(
+        [original.info.experiment_id], f"tags.`sati.rerun_of` = '{run_id}'", order_by=["attributes.start_time DESC"]
+    )[0]
+    assert forced.data.tags["sati.rerun_forced.data_checksum"] == f"{recorded} → {now}"
