@@ -36,6 +36,7 @@ def main() -> None:
     from sati.config import from_dict
     from sati.data.synth import write_synthetic
     from sati.search.runner import run_search
+    from sati.testing.pipelines import small_pipeline
     from sati.testing.tiny_encoder import build_tiny_text_encoder
     from sati.trainer import fit
 
@@ -45,35 +46,17 @@ def main() -> None:
     encoder = build_tiny_text_encoder(tmp / "enc")
     space = tmp / "space.yaml"
     space.write_text("train.lr: {loguniform: [1.0e-4, 1.0e-3]}\n")
-    raw = {
-        "name": "bench",
-        "seed": 1,
-        "data": {"path": str(data)},
-        "model": {
-            "text_encoder": str(encoder),
-            "hidden_size": 32,
-            "encoder_feedforward": 64,
-            "fusion_feedforward": 64,
-            "fbp_hidden": 8,
-        },
-        "train": {
-            "epochs": 2,
-            "batch_size": 32,
-            "lr": 5.0e-4,
-            "device": "cpu",
-            "patience": 0,
-            "out_dir": str(tmp / "plain"),
-        },
-        "search": {
-            "space": str(space),
-            "num_samples": args.trials,
-            "max_concurrent": 1,
-            "scheduler": "fifo",
-            "storage_path": str(tmp / "ray"),
-            "resources": {"cpu": 2},
-        },
-        "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "bench"},
-    }
+    raw = small_pipeline(
+        data,
+        encoder,
+        name="bench",
+        seed=1,
+        model={"reverse_grad_weight": 1.0, "dropout": 0.6},  # the model defaults this benchmark always used
+        train={"lr": 5.0e-4, "out_dir": str(tmp / "plain")},
+        search={"space": str(space), "num_samples": args.trials, "max_concurrent": 1, "scheduler": "fifo",
+                "storage_path": str(tmp / "ray"), "resources": {"cpu": 2}},
+        tracking={"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "bench"},
+    )  # fmt: skip
     cfg = from_dict(raw, "bench")
 
     import torch

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from sati.provenance import versions
+from sati.provenance import file_sha256, versions
 
 FORMAT_VERSION = 2  # 1: full state dicts, still read
 READABLE_VERSIONS = (1, 2)
@@ -55,14 +55,6 @@ def atomic_write(path: Path, write) -> str:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

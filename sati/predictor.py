@@ -70,14 +70,20 @@ class SATIPredictor:
     def __init__(self, checkpoint: str | Path, text_encoder: str | None = None, device: str = "auto"):
         ckpt = load_checkpoint(checkpoint, map_location="cpu")
         cfg = from_dict(ckpt["config"], f"{checkpoint} (config)")
-        if text_encoder and cfg.model.text_encoder != PRECOMPUTED:
+        self.frozen: dict | None = ckpt["frozen"]  # the frozen encoder's identity; its weights are not in the file
+        # ``text_encoder`` gives the tokenizer and config; a frozen encoder's weights come from it when it
+        # has them, else from the encoder the checkpoint names (an installed package, say)
+        if (
+            text_encoder
+            and cfg.model.text_encoder != PRECOMPUTED
+            and (self.frozen is None or has_weights(text_encoder))
+        ):
             cfg = cfg.replace({"model.text_encoder": str(text_encoder)}, source=f"{checkpoint} (text encoder)")
         self.cfg: PipelineConfig = cfg
         self.epoch: int = int(ckpt["epoch"])
         self.metrics: dict[str, float] = dict(ckpt["metrics"])
         self.audio_dim, self.video_dim, text_dim = input_dims(ckpt["model"])
         self.precomputed = cfg.model.text_encoder == PRECOMPUTED
-        self.frozen: dict | None = ckpt["frozen"]  # the frozen encoder's identity; its weights are not in the file
         self.precision: str | None = ckpt["precision"]  # what it was trained in: bf16 or fp32 (None: not recorded)
         self.device = resolve_device(device)
         self.model = SATI(
@@ -90,7 +96,7 @@ class SATIPredictor:
         )
         restore_model(self.model, ckpt, checkpoint)
         self.model.to(self.device).eval()
-        self.tokenizer = None if self.precomputed else load_tokenizer(cfg.model.text_encoder)
+        self.tokenizer = None if self.precomputed else load_tokenizer(text_encoder or cfg.model.text_encoder)
 
     def predict_arrays(self, arrays: SplitArrays, batch_size: int | None = None) -> np.ndarray:
         """Scores [N] for a split read from a dataset file (or built by ``frame_to_arrays``)."""
@@ -200,6 +206,12 @@ def arrays_to_frame(arrays: SplitArrays, limit: int | None = None) -> pd.DataFra
             arrays.text_features[i, : arrays.text_lengths[i]].astype(np.float64).tolist() for i in range(n)
         ]
     return pd.DataFrame(cols)
+
+
+def has_weights(folder: str | Path) -> bool:
+    """Whether a Hugging Face model folder holds weights (not only its config and tokenizer)."""
+    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    return any((Path(folder) / n).is_file() for n in names)
 
 
 def export_text_encoder(name: str, out_dir: str | Path, weights: bool = False) -> Path:

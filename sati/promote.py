@@ -204,8 +204,10 @@ def _register_checked(
     example, signature = _signature(predictor, valid)
     text_dir = None
     if not predictor.precomputed:
+        # a frozen encoder the checkpoint leaves out travels with the model, unless a pinned package ships it
+        encoder = predictor.cfg.model.text_encoder
         text_dir = export_text_encoder(
-            predictor.cfg.model.text_encoder, tmp / "text_encoder", weights=predictor.frozen is not None
+            encoder, tmp / "text_encoder", weights=predictor.frozen is not None and not encoder.startswith("package:")
         )
     config = tmp / "config.yaml"  # for people: the model reads the config inside the checkpoint
     config.write_text(yaml.safe_dump(predictor.cfg.to_dict(), sort_keys=False))
@@ -219,7 +221,7 @@ def _register_checked(
         text_encoder=text_dir,
         input_example=example,
         signature=signature,
-        pip_requirements=_requirements(),
+        pip_requirements=_requirements(predictor.cfg.model.text_encoder),
         model_name=name,
         evidence=evidence,
     )
@@ -254,11 +256,15 @@ def _signature(predictor, valid):
         return example, infer_signature(example, predictor.predict_frame(example))
 
 
-def _requirements() -> list[str]:
-    from importlib.metadata import version
+def _requirements(text_encoder: str) -> list[str]:
+    """Pinned requirements of the registered model; a ``package:`` text encoder's distribution too."""
+    from importlib.metadata import packages_distributions, version
 
+    dists = ["torch", "transformers", "tokenizers", "numpy", "pandas", "h5py", "PyYAML", "mlflow"]
+    if text_encoder.startswith("package:"):
+        dists += packages_distributions().get(text_encoder.split(":", 1)[1].split(".")[0], [])[:1]
     pins = []
-    for dist in ("torch", "transformers", "tokenizers", "numpy", "pandas", "h5py", "PyYAML", "mlflow"):
+    for dist in dists:
         try:
             pins.append(f"{dist}=={version(dist).split('+')[0]}")
         except Exception:

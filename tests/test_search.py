@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from sati.config import ConfigError, PipelineConfig, load_pipeline
 from sati.search.space import load_space
 from sati.testing.pipelines import write_search_pipeline
-from sati.testing.processes import loopback_env, run_sati
+from sati.testing.processes import run_sati
+from sati.testing.searches import child_runs, crash_after_first_epoch, parent_run_id
 from sati.testing.servers import MlflowServer
 from tests.conftest import REPO
 
@@ -175,16 +171,6 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
-def _children(client: MlflowClient, parent_id: str):
-    parent = client.get_run(parent_id)
-    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-
-
-def _parent_id(stdout: str) -> str:
-    line = next(line for line in stdout.splitlines() if line.startswith("MLflow parent run:"))
-    return line.split(":", 1)[1].strip()
-
-
 def _all_artifacts(client, run_id, path=None) -> set[str]:
     out = set()
     for item in client.list_artifacts(run_id, path):
@@ -206,7 +192,7 @@ def test_search_logs_parent_and_trial_runs(tmp_path, synth_path, tiny_encoder, m
     assert out.returncode == 0, out.stderr[-3000:]
     assert "best trials (validation):" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout
     client = MlflowClient(mlflow_server.uri)
-    parent_id = _parent_id(out.stdout)
+    parent_id = parent_run_id(out.stdout)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["train.epochs"] == "3" and parent.data.tags["sati.data_checksum"]
@@ -219,7 +205,7 @@ def test_search_logs_parent_and_trial_runs(tmp_path, synth_path, tiny_encoder, m
         "trials.md",
         "plots/optimization_history.png",
     } <= parent_files
-    children = _children(client, parent_id)
+    children = child_runs(client, parent_id)
     assert len(children) == 4
     for run in children:
         assert run.info.status == "FINISHED"
@@ -286,7 +272,7 @@ def test_failing_and_nan_trials_do_not_stop_the_search(tmp_path, synth_path, tin
     out = run_sati(["search", str(pipeline)], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     client = MlflowClient(mlflow_server.uri)
-    children = _children(client, _parent_id(out.stdout))
+    children = child_runs(client, parent_run_id(out.stdout))
     assert len(children) == 6
     kinds = set()
     for run in children:
@@ -303,7 +289,7 @@ def test_failing_and_nan_trials_do_not_stop_the_search(tmp_path, synth_path, tin
             kinds.add("ok")
             assert run.info.status == "FINISHED"
     assert kinds == {"raises", "nan", "ok"}
-    assert client.get_run(_parent_id(out.stdout)).info.status == "FINISHED"
+    assert client.get_run(parent_run_id(out.stdout)).info.status == "FINISHED"
 
 
 @pytest.mark.slow
@@ -318,44 +304,13 @@ def test_interrupted_search_resumes_with_one_run_per_trial(tmp_path, synth_path,
         search={"num_samples": 4, "scheduler": "fifo"},
         train={"epochs": 4},
     )
-    log = open(tmp_path / "first.log", "w")
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "sati.cli", "search", str(pipeline)],
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=loopback_env(),
-        start_new_session=True,
-    )
     client = MlflowClient(mlflow_server.uri)
-    deadline = time.time() + 300
-    killed, parent_id = False, None
-    while time.time() < deadline and driver.poll() is None:
-        time.sleep(1)
-        exp = client.get_experiment_by_name("test-search")  # the driver creates it (this test may run first)
-        if exp is None:
-            continue
-        experiment = [exp.experiment_id]
-        parents = [
-            r
-            for r in client.search_runs(experiment, "tags.`sati.role` = 'search'")
-            if r.data.tags["sati.search_dir"].startswith(str(tmp_path))
-        ]
-        if not parents:
-            continue
-        parent_id = parents[0].info.run_id
-        if any(client.get_metric_history(r.info.run_id, "valid/mae") for r in _children(client, parent_id)):
-            os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray, as a crash would
-            driver.wait()
-            killed = True
-            break
-    log.close()
-    assert killed, (tmp_path / "first.log").read_text()[-3000:]
+    parent_id = crash_after_first_epoch(pipeline, tmp_path, client, str(tmp_path))
     assert client.get_run(parent_id).info.status == "RUNNING"  # the crash left it open
     out = run_sati(["search", "--resume", parent_id, "--tracking-uri", mlflow_server.uri], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert _parent_id(out.stdout) == parent_id
-    children = _children(client, parent_id)
+    assert parent_run_id(out.stdout) == parent_id
+    children = child_runs(client, parent_id)
     trial_ids = [r.data.tags["sati.trial_id"] for r in children]
     assert len(trial_ids) == len(set(trial_ids)) == 4  # one run per trial, none duplicated
     reasons = [(r.info.status, r.data.tags.get("sati.failure_reason")) for r in children]
@@ -380,9 +335,9 @@ def test_a_cpu_hour_budget_stops_launching_trials_and_the_parent_run_says_why(
     out = run_sati(["search", str(pipeline)], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     client = MlflowClient(mlflow_server.uri)
-    parent_id = _parent_id(out.stdout)
+    parent_id = parent_run_id(out.stdout)
     parent = client.get_run(parent_id)
-    children = _children(client, parent_id)
+    children = child_runs(client, parent_id)
     assert 1 <= len(children) < 6
     assert parent.data.tags["sati.stopped_reason"].startswith("stopped for the budget: the trials used")
     assert f"{len(children)} of 6 trials ran" in parent.data.tags["sati.stopped_reason"]
@@ -408,7 +363,7 @@ def test_a_stopped_trial_uploads_no_weights_and_points_at_its_tune_checkpoint(
     out = run_sati(["search", str(pipeline)], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     client = MlflowClient(mlflow_server.uri)
-    children = _children(client, _parent_id(out.stdout))
+    children = child_runs(client, parent_run_id(out.stdout))
     by_status = {}
     for run in children:
         by_status.setdefault(run.data.tags["sati.trial_status"], []).append(run)
@@ -435,7 +390,7 @@ def test_extend_adds_trials_to_the_same_search_run_and_study(tmp_path, synth_pat
     )  # fmt: skip
     out = run_sati(["search", str(pipeline)], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    parent_id = _parent_id(out.stdout)
+    parent_id = parent_run_id(out.stdout)
     client = MlflowClient(mlflow_server.uri)
     name = client.get_run(parent_id).info.run_name
 
@@ -450,13 +405,13 @@ def test_extend_adds_trials_to_the_same_search_run_and_study(tmp_path, synth_pat
                     mlflow_server.uri], cwd=tmp_path)  # fmt: skip
     assert out.returncode == 2 and "search.space" in out.stderr and "changed since search" in out.stderr
     space.write_text(original)
-    assert len(_children(client, parent_id)) == 2  # nothing was added by the refused extensions
+    assert len(child_runs(client, parent_id)) == 2  # nothing was added by the refused extensions
 
     out = run_sati(["search", "--extend", parent_id, "--set", "search.num_samples=2", "--tracking-uri",
                     mlflow_server.uri], cwd=tmp_path)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    assert _parent_id(out.stdout) == parent_id
-    children = _children(client, parent_id)
+    assert parent_run_id(out.stdout) == parent_id
+    children = child_runs(client, parent_id)
     assert len(children) == 4 and {r.info.run_name[:4] for r in children} == {"t001", "t002", "t003", "t004"}
     assert client.get_run(parent_id).info.status == "FINISHED"
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")

@@ -5,10 +5,6 @@ Tune's, and ``sati search --resume`` finds it there. A real S3-compatible server
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pyarrow.fs
 import pytest
@@ -17,7 +13,8 @@ from mlflow.tracking import MlflowClient
 from sati.search.state import STATE_FILE, as_search_dir, read_search_state, write_search_state
 from sati.storage import join as join_uri
 from sati.testing.pipelines import write_search_pipeline
-from sati.testing.processes import loopback_env, run_sati
+from sati.testing.processes import run_sati
+from sati.testing.searches import child_runs, crash_after_first_epoch, parent_run_id
 from sati.testing.servers import MlflowServer, S3Server, s3_server_missing
 from sati.tracking.store import TrackingError
 
@@ -118,16 +115,6 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
-def _children(client: MlflowClient, parent_id: str):
-    parent = client.get_run(parent_id)
-    return client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-
-
-def _parent_id(stdout: str) -> str:
-    line = next(line for line in stdout.splitlines() if line.startswith("MLflow parent run:"))
-    return line.split(":", 1)[1].strip()
-
-
 def _local_files(root) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
@@ -149,38 +136,10 @@ def test_search_in_s3_resumes_from_its_state_in_the_bucket(
         train={"epochs": 4},
     )
     ours = {"p.yaml", "p_space.yaml", "first.log"}  # all that the test itself writes here
-    log = open(tmp_path / "first.log", "w")
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "sati.cli", "search", str(pipeline)],
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=loopback_env(**s3_server.env),
-        start_new_session=True,
-    )
     client = MlflowClient(mlflow_server.uri)
-    deadline = time.time() + 300
-    killed, parent_id = False, None
-    while time.time() < deadline and driver.poll() is None:
-        time.sleep(1)
-        experiment = client.get_experiment_by_name("test-search")
-        if experiment is None:
-            continue
-        parents = [
-            r
-            for r in client.search_runs([experiment.experiment_id], "tags.`sati.role` = 'search'")
-            if r.data.tags["sati.search_dir"].startswith(f"s3://{s3_server.bucket}/{prefix}")
-        ]
-        if not parents:
-            continue
-        parent_id = parents[0].info.run_id
-        if any(client.get_metric_history(r.info.run_id, "valid/mae") for r in _children(client, parent_id)):
-            os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray, as a crash would
-            driver.wait()
-            killed = True
-            break
-    log.close()
-    assert killed, (tmp_path / "first.log").read_text()[-3000:]
+    parent_id = crash_after_first_epoch(
+        pipeline, tmp_path, client, f"s3://{s3_server.bucket}/{prefix}", **s3_server.env
+    )
     assert client.get_run(parent_id).info.status == "RUNNING"  # the crash left it open
     in_bucket, on_disk = _keys(s3_server, prefix), _local_files(tmp_path)
 
@@ -194,8 +153,8 @@ def test_search_in_s3_resumes_from_its_state_in_the_bucket(
     assert f"{name}/tuner.pkl" in in_bucket, sorted(in_bucket)
     assert on_disk == ours  # nothing of the search on the local disk here
     assert _local_files(tmp_path) == ours
-    assert _parent_id(out.stdout) == parent_id
-    children = _children(client, parent_id)
+    assert parent_run_id(out.stdout) == parent_id
+    children = child_runs(client, parent_id)
     trial_ids = [r.data.tags["sati.trial_id"] for r in children]
     assert len(trial_ids) == len(set(trial_ids)) == 4  # one run per trial, none duplicated
     reasons = [(r.info.status, r.data.tags.get("sati.failure_reason")) for r in children]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from sati.data.tokens import tokenize, tokenizer_fingerprint
 from sati.ingest.checks import check_dataset
 from sati.ingest.readers import read_source
 from sati.ingest.readers.common import Source
+from sati.provenance import file_sha256
 
 # Reader options and the formats that take them (anything else is refused, not ignored).
 OPTION_FORMATS = {
@@ -91,7 +91,7 @@ def prepare_dataset(
     provenance = {
         **source.provenance,
         "input": str(Path(path).resolve()),
-        "input_sha256": {str(p): _sha256(p) for p in source.inputs},
+        "input_sha256": {str(p): file_sha256(p) for p in source.inputs},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "notes": source.notes,
         "tokenizers": [tokenizer] if tokenizer else [],
@@ -111,14 +111,6 @@ def prepare_dataset(
         + f"; sha256 {checksum[:16]}… in {time.perf_counter() - started:.1f} s"
     )
     return Prepared(Path(out), checksum, source, tokens)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pretokenize(

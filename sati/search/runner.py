@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sati import storage
-from sati.checkpoint import file_sha256
 from sati.config import ConfigError, PipelineConfig, flatten, from_dict
 from sati.data.h5format import read_info
 from sati.data.loaders import ensure_dataset
-from sati.provenance import git_commit, versions
+from sati.provenance import file_sha256, git_commit, versions
 from sati.search import plots, summary
 from sati.search.preflight import run_preflight
 from sati.search.ray_session import ray_session
@@ -227,6 +226,7 @@ def _finish(cfg, space, store: TrackingStore, parent, search_dir, state, console
     """Close orphans, upload the top trials' weights (``log_checkpoints: top_k``), log the leaderboard,
     plots, description and cost to the parent run, print the best trials. Rows come from the trial
     runs, so a resumed or extended search is summarized whole."""
+    started = time.perf_counter()
     metric, mode = cfg.train.selection_metric, cfg.train.selection_direction
     TrialRuns(store, parent).close_orphans()
     rows = leaderboard.trial_rows(store, parent, metric, space.keys)
@@ -248,6 +248,7 @@ def _finish(cfg, space, store: TrackingStore, parent, search_dir, state, console
     leaderboard.publish_final(store, parent, rows, metric, mode, space.keys, notes)
     store.end_run(parent, "FINISHED")
     console(summary.best_table(cfg, ranked[:5], space.keys))
+    console(f"\nsummarized {len(rows)} trials in {time.perf_counter() - started:.1f} s")
     console(
         f"\nsearch directory: {search_dir}\nMLflow parent run: {parent}\n"
         f"cost: {cost['cost/cpu_hours']:.3g} CPU-hours, {cost['cost/gpu_hours']:.3g} GPU-hours\n"

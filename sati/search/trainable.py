@@ -39,13 +39,15 @@ class TuneReporter:
     def on_epoch_end(self, epoch, metrics, checkpoint, is_best):
         report = {**_plain(metrics), "node_id": ray.get_runtime_context().get_node_id()}
         if not (is_best or (self.checkpoint_every and epoch % self.checkpoint_every == 0)):
-            tune.report(report)
+            tune.report({**report, "storage/checkpoint_mb": 0.0})
             return
         ckpt_dir = Path(checkpoint).parent
         with tempfile.TemporaryDirectory(dir=ckpt_dir.parent) as d:
             for name in CHECKPOINT_FILES:
                 if (ckpt_dir / name).exists():
                     _link_or_copy(ckpt_dir / name, Path(d) / name)
+            # what this report copies to the search's storage (a trial's storage cost, epoch by epoch)
+            report["storage/checkpoint_mb"] = sum(f.stat().st_size for f in Path(d).iterdir()) / 1e6
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
 
 

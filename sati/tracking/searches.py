@@ -101,6 +101,7 @@ class TrialRuns:
         self.__dict__.update(
             {"history": {}, "nodes": {}, "logged": {}, "data_checksum": "", "commit": "unknown", **state}
         )
+        self.restored = True  # unpickled: a resumed search, whose trials may have runs already
 
     def _existing(self, trial_id: str) -> str | None:
         found = self.store.child_runs(self.parent, f"tags.`{c.TRIAL_ID}` = '{trial_id}'")
@@ -110,7 +111,8 @@ class TrialRuns:
         """Create the trial's run (the resolved ``config`` as params and in ``rerun.json`` with the
         provenance a re-run needs; ``tags`` such as the sampled values), or reopen the one a previous,
         interrupted driver made."""
-        run_id = self.runs.get(trial_id) or self._existing(trial_id)
+        # a new search's trials have no run yet: ask MLflow only in a resumed one (one query per trial)
+        run_id = self.runs.get(trial_id) or (self._existing(trial_id) if getattr(self, "restored", False) else None)
         if run_id:
             self.store.reopen_run(run_id)
             # a restored trial re-runs the epochs after its last checkpoint: log each epoch once
