@@ -82,16 +82,6 @@ BUDGET_S = {"full": 450, "smoke": 420}
 CPU_FACTOR = 4
 MIN_STEP_S = 20
 CPU_LABELS = {"search_1": "3 search, 1 trial at a time", "search_4": "3 search, 4 trials at once"}
-ENV_DEFAULTS = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -685,11 +675,10 @@ def run_child(step: str, workdir: Path) -> int:
 
 
 def _child_env(workdir: Path, gpu: str | None) -> dict[str, str]:
-    env = dict(os.environ)
-    for key, value in ENV_DEFAULTS.items():
-        env.setdefault(key, value)
+    from sati.testing.processes import OFFLINE_LOOPBACK
+
+    env = {**OFFLINE_LOOPBACK, **os.environ}  # what the user set wins
     env["TMPDIR"] = str(workdir / "tmp")  # trial scratch folders, downloaded models: all inside the work folder
-    env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu

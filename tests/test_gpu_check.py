@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -17,15 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from sati.testing.processes import loopback_env
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +36,7 @@ def _run(args: list[str], cwd: Path, timeout: float, **env: str) -> subprocess.C
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **ENV, **env},
+        env=loopback_env(**env),
     )
 
 

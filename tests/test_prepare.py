@@ -29,31 +29,17 @@ def _mosi() -> Path:
     return path
 
 
+def _prepare(source_format: str, path: Path, out: Path, *options) -> int:
+    """``sati data prepare --from source_format path --out out options...``, as a user types it."""
+    return main(["data", "prepare", "--from", source_format, str(path), "--out", str(out), *map(str, options)])
+
+
 @pytest.fixture(scope="module")
 def mosi_h5(tmp_path_factory, tiny_encoder) -> Path:
     mosi = _mosi()
     out = tmp_path_factory.mktemp("prepared") / "mosi.h5"
-    assert (
-        main(
-            [
-                "data",
-                "prepare",
-                "--from",
-                "sdk",
-                str(mosi),
-                "--text",
-                str(mosi / "label.csv"),
-                "--folds",
-                "standard",
-                "--drop-missing-text",
-                "--out",
-                str(out),
-                "--tokenizer",
-                str(tiny_encoder),
-            ]
-        )
-        == 0
-    )
+    options = ["--text", mosi / "label.csv", "--folds", "standard", "--drop-missing-text", "--tokenizer", tiny_encoder]
+    assert _prepare("sdk", mosi, out, *options) == 0
     return out
 
 
@@ -76,24 +62,7 @@ def test_prepare_sdk_gives_a_text_only_file(mosi_h5):
 def test_prepare_reports_missing_text(tmp_path, capsys):
     mosi = _mosi()
     out = tmp_path / "mosi.h5"
-    assert (
-        main(
-            [
-                "data",
-                "prepare",
-                "--from",
-                "sdk",
-                str(mosi),
-                "--text",
-                str(mosi / "label.csv"),
-                "--folds",
-                "standard",
-                "--out",
-                str(out),
-            ]
-        )
-        == 2
-    )
+    assert _prepare("sdk", mosi, out, "--text", mosi / "label.csv", "--folds", "standard") == 2
     err = capsys.readouterr().err
     assert "text missing for 4 of 2199 segments" in err and "--drop-missing-text" in err
     assert all(i in err for i in MISSING_FROM_CSV)
@@ -155,24 +124,8 @@ def test_stored_tokens_equal_load_time_tokens(mosi_h5, tiny_encoder):
 
 def test_untruncated_tokens_serve_a_larger_budget(tmp_path, tiny_encoder, make_config, monkeypatch):
     out = tmp_path / "misa.h5"
-    assert (
-        main(
-            [
-                "data",
-                "prepare",
-                "--from",
-                "misa",
-                str(write_misa(tmp_path / "MOSI")),
-                "--out",
-                str(out),
-                "--tokenizer",
-                str(tiny_encoder),
-                "--max-text-tokens",
-                "20",
-            ]
-        )
-        == 0
-    )
+    misa = write_misa(tmp_path / "MOSI")
+    assert _prepare("misa", misa, out, "--tokenizer", tiny_encoder, "--max-text-tokens", 20) == 0
     calls = []
     monkeypatch.setattr(loaders, "tokenize", lambda tok, texts, n: calls.append(n) or tokenize(tok, texts, n))
     for budget, tokenized in ((64, []), (20, []), (5, [5, 5])):
@@ -187,37 +140,20 @@ def test_untruncated_tokens_serve_a_larger_budget(tmp_path, tiny_encoder, make_c
 def test_prepare_mmsa_checks_options_and_dims(tmp_path, capsys):
     pkl = write_mmsa(tmp_path / "aligned_50.pkl")
     out = tmp_path / "mmsa.h5"
-    assert main(["data", "prepare", "--from", "mmsa", str(pkl), "--out", str(out), "--expect-audio-dim", "5"]) == 0
+    assert _prepare("mmsa", pkl, out, "--expect-audio-dim", 5) == 0
     info = read_info(out)
     assert (info.audio_dim, info.video_dim, info.text_feature_dim) == (5, 20, 16)
     assert info.missing_modalities == () and list_tokens(out, "train") == []
-    assert main(["data", "prepare", "--from", "mmsa", str(pkl), "--out", str(out), "--expect-audio-dim", "74"]) == 2
+    assert _prepare("mmsa", pkl, out, "--expect-audio-dim", 74) == 2
     assert "audio features are 5-d, expected 74-d" in capsys.readouterr().err
-    assert main(["data", "prepare", "--from", "mmsa", str(pkl), "--out", str(out), "--text", "label.csv"]) == 2
+    assert _prepare("mmsa", pkl, out, "--text", "label.csv") == 2
     assert "--text applies to --from sdk" in capsys.readouterr().err
 
 
 def test_prepare_from_label_csv_alone(tmp_path):
     mosi = _mosi()
     out = tmp_path / "csv.h5"
-    assert (
-        main(
-            [
-                "data",
-                "prepare",
-                "--from",
-                "csv",
-                str(mosi / "label.csv"),
-                "--out",
-                str(out),
-                "--audio-dim",
-                "2",
-                "--video-dim",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert _prepare("csv", mosi / "label.csv", out, "--audio-dim", 2, "--video-dim", 1) == 0
     info = read_info(out)
     assert info.missing_modalities == ("audio", "video") and (info.audio_dim, info.video_dim) == (2, 1)
     assert [len(read_split(out, s)) for s in ("train", "valid", "test")] == [1281, 229, 685]

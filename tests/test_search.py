@@ -15,7 +15,7 @@ from sati.config import ConfigError, PipelineConfig, load_pipeline
 from sati.search.space import load_space
 from sati.testing.pipelines import write_search_pipeline
 from sati.testing.processes import run_sati
-from sati.testing.searches import child_runs, crash_after_first_epoch, parent_run_id
+from sati.testing.searches import assert_resumed_cleanly, child_runs, crash_after_first_epoch, parent_run_id
 from sati.testing.servers import MlflowServer
 from tests.conftest import REPO
 
@@ -310,15 +310,7 @@ def test_interrupted_search_resumes_with_one_run_per_trial(tmp_path, synth_path,
     out = run_sati(["search", "--resume", parent_id, "--tracking-uri", mlflow_server.uri], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert parent_run_id(out.stdout) == parent_id
-    children = child_runs(client, parent_id)
-    trial_ids = [r.data.tags["sati.trial_id"] for r in children]
-    assert len(trial_ids) == len(set(trial_ids)) == 4  # one run per trial, none duplicated
-    reasons = [(r.info.status, r.data.tags.get("sati.failure_reason")) for r in children]
-    assert [r.info.status for r in children] == ["FINISHED"] * 4, reasons  # every trial finished, none RUNNING
-    for run in children:
-        epochs = [m.step for m in client.get_metric_history(run.info.run_id, "valid/mae")]
-        assert epochs == [1, 2, 3, 4]  # each epoch logged once, also those a restored trial re-ran
-    assert client.get_run(parent_id).info.status == "FINISHED"
+    assert_resumed_cleanly(client, parent_id, trials=4, epochs=4)
 
 
 @pytest.mark.slow

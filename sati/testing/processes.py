@@ -22,20 +22,23 @@ REPO = Path(__file__).resolve().parents[2]
 MARK = "SATI_CLUSTER_MARK"
 
 
+OFFLINE_LOOPBACK = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "PYTHONUNBUFFERED": "1",
+}
+"""Settings that keep a child process offline, without telemetry and with Ray on loopback only."""
+
+
 def loopback_env(**extra: str) -> dict[str, str]:
-    """Environment for child processes: offline, no telemetry, Ray on loopback only."""
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        RAY_USAGE_STATS_ENABLED="0",
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-        TOKENIZERS_PARALLELISM="false",
-        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
+    """Environment for child processes: this one's, with ``OFFLINE_LOOPBACK`` and then ``extra`` on top."""
+    return {**os.environ, **OFFLINE_LOOPBACK, **extra}
 
 
 def free_port() -> int:

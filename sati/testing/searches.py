@@ -56,3 +56,18 @@ def crash_after_first_epoch(
                 driver.wait()
                 return parents[0].info.run_id
     raise AssertionError("the search was not seen logging an epoch:\n" + (cwd / "first.log").read_text()[-3000:])
+
+
+def assert_resumed_cleanly(client, parent_id: str, trials: int, epochs: int) -> None:
+    """What a user checks after resuming a crashed search: one finished run per trial, none left
+    RUNNING or duplicated, each epoch's ``valid/mae`` logged once (also those a restored trial re-ran),
+    and the parent run finished."""
+    children = child_runs(client, parent_id)
+    trial_ids = [r.data.tags[c.TRIAL_ID] for r in children]
+    assert len(trial_ids) == len(set(trial_ids)) == trials, trial_ids
+    reasons = [(r.info.status, r.data.tags.get(c.FAILURE_REASON)) for r in children]
+    assert [r.info.status for r in children] == ["FINISHED"] * trials, reasons
+    for run in children:
+        history = sorted(client.get_metric_history(run.info.run_id, "valid/mae"), key=lambda m: (m.step, m.timestamp))
+        assert [m.step for m in history] == list(range(1, epochs + 1)), (run.data.tags[c.TRIAL_ID], history)
+    assert client.get_run(parent_id).info.status == "FINISHED"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from sati.testing.processes import Service, free_port, loopback_env, wait_for
@@ -149,6 +150,19 @@ class Postgres:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+def answers(url: str) -> Callable[[], bool]:
+    """A predicate for ``wait_for``: whether ``url`` answers an HTTP GET without an error."""
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return True
+        except OSError:
+            return False
+
+    return up
+
+
 class MlflowServer:
     """``mlflow server`` on 127.0.0.1 (one worker, no job runner): backend store ``sqlite`` (a file in
     ``root``) or a database URL such as ``Postgres.url``; artifacts proxied to ``root/artifacts``."""
@@ -166,14 +180,7 @@ class MlflowServer:
             self.wait_ready()
 
     def wait_ready(self, timeout_s: float = 240) -> None:
-        def up() -> bool:
-            try:
-                urllib.request.urlopen(self.uri + "/health", timeout=2)
-                return True
-            except OSError:
-                return False
-
-        wait_for(up, timeout_s, "mlflow server", self.service.proc, self.service.log_path)
+        wait_for(answers(self.uri + "/health"), timeout_s, "mlflow server", self.service.proc, self.service.log_path)
 
     def stop(self) -> None:
         self.service.stop()
@@ -211,13 +218,7 @@ class S3Server:
             self.wait_ready()
 
     def wait_ready(self, timeout_s: float = 120) -> None:
-        def up() -> bool:
-            try:
-                urllib.request.urlopen(self.url + "/moto-api/data.json", timeout=2)
-                return True
-            except OSError:
-                return False
-
+        up = answers(self.url + "/moto-api/data.json")
         wait_for(up, timeout_s, "moto S3 server", self.service.proc, self.service.log_path)
         self.filesystem().create_dir(self.bucket)
 
