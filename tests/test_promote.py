@@ -331,20 +331,29 @@ def test_errors_name_the_problem_and_leave_the_registry_alone(tmp_path, server, 
     err = capsys.readouterr().err
     assert f"{edited}: its contents hash to" in err and "it was changed after it was written" in err
 
-    # a trial whose checkpoint is gone: from MLflow and from the search's storage
+    # a trial whose checkpoint is gone: from MLflow and from the search's storage (put back afterwards:
+    # the other tests of this module promote the same search)
     weak_trial, _ = _best_trial(client, searches["weak"])
-    for path in (server.root / "artifacts").rglob("best.pt"):
-        if weak_trial in path.parts:
-            path.unlink()
-    pointer = client.get_run(weak_trial).data.tags["sati.checkpoint_uri"]
-    # without its MLflow artifact, the checkpoint is read from the search's storage (a stopped trial's case)
-    assert main(["promote", searches["weak"], "--model-name", "sati-pointer", "--tracking-uri", server.uri]) == 0
-    assert "sati-pointer v1 is now 'champion'" in capsys.readouterr().out
-    Path(pointer).unlink()
-    assert main(["promote", searches["weak"], "--model-name", "sati-fresh", "--tracking-uri", server.uri]) == 2
-    err = capsys.readouterr().err
-    assert f"MLflow run {weak_trial}: no checkpoint artifact 'checkpoint/best.pt', and its Tune checkpoint" in err
-    assert pointer in err
+    pointer = Path(client.get_run(weak_trial).data.tags["sati.checkpoint_uri"])
+    gone = [p for p in (server.root / "artifacts").rglob("best.pt") if weak_trial in p.parts] + [pointer]
+    assert len(gone) == 2, gone
+    aside = tmp_path / "aside"
+    for i, path in enumerate(gone):
+        (aside / str(i)).mkdir(parents=True)
+        shutil.copy2(path, aside / str(i) / path.name)
+    try:
+        gone[0].unlink()
+        # without its MLflow artifact, the checkpoint is read from the search's storage (a stopped trial's case)
+        assert main(["promote", searches["weak"], "--model-name", "sati-pointer", "--tracking-uri", server.uri]) == 0
+        assert "sati-pointer v1 is now 'champion'" in capsys.readouterr().out
+        pointer.unlink()
+        assert main(["promote", searches["weak"], "--model-name", "sati-fresh", "--tracking-uri", server.uri]) == 2
+        err = capsys.readouterr().err
+        assert f"MLflow run {weak_trial}: no checkpoint artifact 'checkpoint/best.pt', and its Tune checkpoint" in err
+        assert str(pointer) in err
+    finally:
+        for i, path in enumerate(gone):
+            shutil.copy2(aside / str(i) / path.name, path)
     after = _versions(client, MODEL) if client.search_registered_models(f"name = '{MODEL}'") else []
     assert after == before
     assert not client.search_registered_models("name = 'sati-fresh'")  # created, then removed again

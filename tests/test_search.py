@@ -187,6 +187,7 @@ def test_search_logs_parent_and_trial_runs(tmp_path, synth_path, tiny_encoder, m
         mlflow_server.uri,
         tmp_path / "ray",
         {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}, "loss.temporal_weight": {"loguniform": [0.1, 100.0]}},
+        search={"study_storage": f"sqlite:///{tmp_path / 'optuna.db'}"},
     )
     out = run_sati(["search", str(pipeline)], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -237,8 +238,10 @@ def test_search_logs_parent_and_trial_runs(tmp_path, synth_path, tiny_encoder, m
     table = client.download_artifacts(parent_id, "trials.md", str(tmp_path))
     lines = Path(table).read_text().splitlines()[2:]
     assert lines[0].startswith("| ★ | 1 |") and best.info.run_name in lines[0] and len(lines) == 4
-    assert "runs, best first: http://" in out.stdout and "orderByKey=metrics.%60best%2Fvalid%2Fmae%60" in out.stdout
-    # the Optuna study lives in an RDB storage (beside the working folder here), every trial in it
+    link = next(line for line in out.stdout.splitlines() if line.startswith("runs, best first: http://"))
+    assert "orderByKey=metrics.%60best%2Fvalid%2Fmae%60" in link and "workflowType=machine_learning" in link
+    assert f"%3D%20%27{parent_id}%27" in link  # this search's trials only
+    # the Optuna study lives in the RDB storage the pipeline names, every trial in it
     import optuna
 
     assert f"optuna-dashboard sqlite:///{tmp_path / 'optuna.db'}" in out.stdout
@@ -378,7 +381,8 @@ def test_extend_adds_trials_to_the_same_search_run_and_study(tmp_path, synth_pat
     pipeline = write_search_pipeline(
         tmp_path / "p.yaml", synth_path, tiny_encoder, mlflow_server.uri, tmp_path / "ray",
         {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}},
-        search={"num_samples": 2, "scheduler": "fifo"}, train={"epochs": 1},
+        search={"num_samples": 2, "scheduler": "fifo", "study_storage": f"sqlite:///{tmp_path / 'optuna.db'}"},
+        train={"epochs": 1},
     )  # fmt: skip
     out = run_sati(["search", str(pipeline)], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -410,3 +414,25 @@ def test_extend_adds_trials_to_the_same_search_run_and_study(tmp_path, synth_pat
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)  # one study, TPE saw all
     trials_md = Path(client.download_artifacts(parent_id, "trials.md", str(tmp_path / "dl"))).read_text()
     assert len(trials_md.splitlines()) == 2 + 4  # the summary covers the search and its extension
+
+
+def _open_study_storage(url: str, barrier) -> None:
+    from sati.search.study import rdb_storage
+
+    barrier.wait()
+    rdb_storage(url)
+
+
+def test_searches_started_at_once_share_a_new_sqlite_study_storage(tmp_path):
+    """Several searches started together on one new optuna.db: each opens it, none fails creating it."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    barrier = ctx.Barrier(6)
+    procs = [ctx.Process(target=_open_study_storage, args=(url, barrier)) for _ in range(6)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    assert [proc.exitcode for proc in procs] == [0] * 6

@@ -22,6 +22,7 @@ from sati.search.preflight import run_preflight
 from sati.search.ray_session import ray_session
 from sati.search.space import SearchSpace, load_space
 from sati.search.state import STATE_FILE, as_search_dir, read_search_state, write_search_state
+from sati.search.study import ENV as STUDY_ENV
 from sati.search.study import mask_password, study_storage_url
 from sati.tracking import contract, leaderboard
 from sati.tracking.leaderboard import runs_table_link, ui_address
@@ -203,13 +204,20 @@ def _shown(cfg: PipelineConfig) -> dict:
     return shown
 
 
-def _announce(cfg: PipelineConfig, store: TrackingStore, parent: str, study: tuple[str, str], console) -> None:
+def _announce(cfg: PipelineConfig, store: TrackingStore, parent: str, study: tuple[str | None, str], console) -> None:
     """Where to watch the search: the MLflow runs table sorted by the metric, the live Optuna dashboard."""
     experiment = store.run(parent).experiment_id
     store.client.set_experiment_tag(experiment, contract.EXPERIMENT_KIND, contract.MODEL_TRAINING_KIND)
-    link = runs_table_link(ui_address(store.uri), experiment, cfg.train.selection_metric, cfg.train.selection_direction)
+    metric, mode = cfg.train.selection_metric, cfg.train.selection_direction
+    link = runs_table_link(ui_address(store.uri), experiment, parent, metric, mode)
     console(f"runs, best first: {link}")
-    console(f"live study:       optuna-dashboard {mask_password(study[0])}   (study '{study[1]}')")
+    if study[0] is None:
+        console(
+            f"live study:       kept in memory (study '{study[1]}'); set search.study_storage or "
+            f"${STUDY_ENV} to an RDB URL to watch it with optuna-dashboard"
+        )
+    else:
+        console(f"live study:       optuna-dashboard {mask_password(study[0])}   (study '{study[1]}')")
 
 
 def _fit(cfg, space, store, parent, search_dir, state, console, make_tuner) -> SearchOutcome:

@@ -2,12 +2,15 @@
 
 ``search.study_storage`` names it; without one, ``$SATI_STUDY_STORAGE`` (the compose stack sets it,
 so a database password never sits in a pipeline file or a command line), else a SQLite file beside
-a local MLflow store (``sqlite:///…/mlflow.db`` → ``…/optuna.db``), else ``./optuna.db``. The study is
-named after the search, so ``--resume`` and ``--extend`` find it again (``load_if_exists``).
+a local MLflow store (``sqlite:///…/mlflow.db`` → ``…/optuna.db``). With none of these (a tracking
+server, no study storage named) the study stays in the driver's memory and in Tune's searcher state:
+nothing is written to the driver's disk, ``--resume`` restores it, ``--extend`` starts TPE afresh.
+The study is named after the search, so ``--resume`` and ``--extend`` find it again (``load_if_exists``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -16,15 +19,15 @@ from sati.config import PipelineConfig
 ENV = "SATI_STUDY_STORAGE"
 
 
-def study_storage_url(cfg: PipelineConfig, tracking_uri: str) -> str:
-    """The study's storage URL for ``cfg`` and the search's tracking store."""
+def study_storage_url(cfg: PipelineConfig, tracking_uri: str) -> str | None:
+    """The study's storage URL for ``cfg`` and the search's tracking store; None: in memory."""
     if cfg.search.study_storage:
         return cfg.search.study_storage
     if os.environ.get(ENV):
         return os.environ[ENV]
     if tracking_uri.startswith("sqlite:///"):
         return f"sqlite:///{Path(tracking_uri.removeprefix('sqlite:///')).with_name('optuna.db')}"
-    return f"sqlite:///{Path.cwd() / 'optuna.db'}"
+    return None
 
 
 def mask_password(url: str) -> str:
@@ -37,10 +40,18 @@ def mask_password(url: str) -> str:
         return url
 
 
-def rdb_storage(url: str):
-    """The Optuna storage at ``url`` (created on first use)."""
+def rdb_storage(url: str | None):
+    """The Optuna storage at ``url`` (created on first use); None: Optuna's in-memory storage.
+
+    Searches started at once against one new SQLite file would race to create its tables (alembic's
+    version row is inserted twice); a lock file beside it lets one create them and the others find them."""
     import optuna
 
-    return optuna.storages.RDBStorage(
-        url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {}
-    )
+    if url is None:
+        return None
+    if not url.startswith("sqlite:///"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    path = Path(url.removeprefix("sqlite:///"))
+    with open(path.with_name(f"{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return optuna.storages.RDBStorage(url)

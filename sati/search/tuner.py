@@ -85,7 +85,7 @@ def build_search_tuner(
     space: SearchSpace,
     name: str,
     runs: TrialRuns,
-    study: tuple[str, str],
+    study: tuple[str | None, str],
     first_number: int = 1,
 ) -> tune.Tuner:
     """A search: ``search.num_samples`` trials sampled by TPE from ``space`` under the configured scheduler,

@@ -24,12 +24,19 @@ def run_link(experiment_id: str, run_id: str) -> str:
     return f"#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def runs_table_link(ui: str, experiment_id: str, metric: str, mode: str) -> str:
-    """The experiment's runs table sorted by ``best/<metric>``, best first."""
-    key = urllib.parse.quote(f"metrics.`best/{metric}`", safe="")
-    return (
-        f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?orderByKey={key}&orderByAsc={str(mode == 'min').lower()}"
+def runs_table_link(ui: str, experiment_id: str, parent_run_id: str, metric: str, mode: str) -> str:
+    """The runs table of one search's trials, best ``best/<metric>`` first, in the UI's model-training view
+    (``workflowType``: MLflow 3's UI otherwise opens its GenAI view, where runs are "evaluations")."""
+    query = urllib.parse.urlencode(
+        {
+            "searchFilter": f"tags.`{c.ROLE}` = '{c.Role.TRIAL.value}' and tags.`{c.PARENT_RUN}` = '{parent_run_id}'",
+            "orderByKey": f"metrics.`best/{metric}`",
+            "orderByAsc": str(mode == "min").lower(),
+            "workflowType": "machine_learning",
+        },
+        quote_via=urllib.parse.quote,
     )
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def ui_address(tracking_uri: str) -> str:
