@@ -84,6 +84,13 @@ class ModelConfig:
     fusion_heads: int = _spec(1, ge=1)
     fusion_feedforward: int = _spec(2048, ge=1)
     reverse_grad_weight: float = _spec(1.0, ge=0.0, help="λ of the gradient-reversal layer")
+    absent_modalities: Literal["skip", "fuse"] = _spec(
+        "skip",
+        help="audio or video stored as zeros (a dataset without it, e.g. text-only MOSI, or a dropped modality) is "
+        "absent. skip: a sample's absent stream is shut (gate 0) and a modality absent from the whole batch is left "
+        "out of the consistency, domain and temporal terms, so the text signal is never diluted by a constant "
+        "stream or collapsed onto constant codes; fuse: treat zeros as real features",
+    )
 
 
 @dataclass(frozen=True)
@@ -206,7 +213,7 @@ class SearchConfig:
     study_storage: str | None = _spec(
         None,
         help="Optuna RDB storage URL of the search's study (`optuna-dashboard <url>` shows it live); none: "
-        "$SATI_STUDY_STORAGE, else a SQLite file beside the local MLflow store (./optuna.db otherwise)",
+        "$SATI_STUDY_STORAGE, else a SQLite file beside a local MLflow store, else in memory (no dashboard)",
     )
     ray_address: str | None = _spec(
         None, help="Ray cluster address (ray://host:10001, host:6379, auto); none starts a local Ray for the search"

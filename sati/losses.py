@@ -44,8 +44,9 @@ def cmd(x: torch.Tensor, y: torch.Tensor, moments: int = 5) -> torch.Tensor:
 
 
 def consistency_loss(shared_means: torch.Tensor, moments: int = 5) -> torch.Tensor:
-    """L_con (Eq. 2): mean CMD over the pairs (t,v), (t,a), (a,v); shared_means: [3, B, H]."""
-    i, j = _PAIRS
+    """L_con (Eq. 2): mean CMD over the pairs of modalities; shared_means: [M, B, H], M >= 2: for the three
+    modalities the pairs (t,v), (t,a), (a,v), for fewer every pair."""
+    i, j = _PAIRS if len(shared_means) == 3 else torch.triu_indices(len(shared_means), len(shared_means), 1)
     return cmd(shared_means[i.to(shared_means.device)], shared_means[j.to(shared_means.device)], moments).mean()
 
 
@@ -155,21 +156,27 @@ class LossBreakdown:
 
 def total_loss(out: SATIOutput, labels: torch.Tensor, cfg: LossConfig, ablation: AblationConfig) -> LossBreakdown:
     """L = L_task + α L_con + β L_ti + γ L_dom + w_rec L_rec; terms with weight 0, ablated, or whose inputs
-    are absent (None: ``ablation.text_only`` has no audio/video codes) are skipped."""
+    are absent (None: ``ablation.text_only`` has no audio/video codes) are skipped. A modality absent from
+    the batch (``out.present``, with ``model.absent_modalities = skip``: all its features 0) is left out of
+    L_con and L_dom (which then compare the others; one left: skipped), and L_ti needs video."""
     zero = out.prediction.new_zeros(()).float()
     task = task_loss(out.prediction.float(), labels.float())
+    keep = list(range(3))  # the modalities the consistency and domain terms compare
+    if out.present is not None:
+        keep = [m for m, here in enumerate(out.present.tolist()) if here]
     con = zero
-    if cfg.consistency_weight and out.shared_means is not None:
-        con = consistency_loss(out.shared_means.float(), cfg.cmd_moments)
+    if cfg.consistency_weight and out.shared_means is not None and len(keep) > 1:
+        con = consistency_loss(out.shared_means[keep].float(), cfg.cmd_moments)
     ti = zero
-    if ablation.til and cfg.temporal_weight and out.video_codes is not None:
+    if ablation.til and cfg.temporal_weight and out.video_codes is not None and 2 in keep:
         ti = temporal_jsd(out.video_codes.float(), out.video_mask)
     dom = zero
-    if ablation.adversarial and cfg.domain_weight and out.domain_features is not None:
+    if ablation.adversarial and cfg.domain_weight and out.domain_features is not None and len(keep) > 1:
+        rows = keep + [3 + m for m in keep]  # shared, then private codes of the compared modalities
         dom = domain_loss(
-            out.domain_features.float(),
-            out.domain_labels,
-            out.domain_classes.float(),
+            out.domain_features[rows].float(),
+            torch.arange(2 * len(keep), device=out.domain_labels.device) % len(keep),
+            out.domain_classes[keep].float(),
             scale=cfg.scale,
             margin=cfg.margin,
             form=cfg.margin_form,

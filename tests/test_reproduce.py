@@ -4,6 +4,7 @@ exact re-run of one of those trials and the refusal of a changed data file."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 
@@ -113,6 +114,51 @@ def test_text_only_is_the_full_model_with_audio_and_video_shut_out(tiny_encoder)
     assert text_only.project[0][0].weight.grad.abs().sum() > 0
     for module in (text_only.audio_encoder, text_only.project[1], text_only.cross_audio, text_only.discriminator):
         assert all(p.grad is None for p in module.parameters())
+
+
+def test_absent_audio_and_video_never_dilute_the_text(tiny_encoder):
+    """A dataset without audio and video stores zeros. Their streams are shut (the full model then computes
+    the text-only function), and the consistency and domain terms, which text could only lower by collapsing
+    its codes onto their constant ones, leave them out; ``model.absent_modalities: fuse`` treats zeros as real."""
+    cfg = ModelConfig(
+        text_encoder=str(tiny_encoder), hidden_size=32, encoder_feedforward=64, fusion_feedforward=64, fbp_hidden=8
+    )
+    torch.manual_seed(0)
+    model = SATI(cfg, AblationConfig(), 74, 47).eval()
+    fuse = SATI(dataclasses.replace(cfg, absent_modalities="fuse"), AblationConfig(), 74, 47).eval()
+    text_only = SATI(cfg, AblationConfig(text_only=True), 74, 47).eval()
+    fuse.load_state_dict(model.state_dict())
+    text_only.load_state_dict(model.state_dict())
+    batch = _batch()
+    no_video = Batch(**{**batch.__dict__, "video": torch.zeros_like(batch.video)})
+    text_alone = Batch(**{**no_video.__dict__, "audio": torch.zeros_like(batch.audio)})
+    loss, ablation = LossConfig(), AblationConfig()
+
+    out = model(text_alone)
+    assert out.present.tolist() == [True, False, False] and not out.gates.any()
+    torch.testing.assert_close(out.prediction, text_only(text_alone).prediction, rtol=1e-5, atol=1e-6)
+    alone = total_loss(out, batch.labels, loss, ablation)
+    assert alone.total.item() == alone.task.item() and alone.consistency.item() == alone.domain.item() == 0
+    treated_as_real = fuse(text_alone)
+    assert treated_as_real.present is None and treated_as_real.gates.any()
+    assert not torch.allclose(treated_as_real.prediction, out.prediction)
+    compared = total_loss(treated_as_real, batch.labels, loss, ablation)
+    assert compared.consistency.item() > 0 and compared.domain.item() > 0
+
+    # video absent: its stream is shut, text and audio are still compared, as two modalities
+    out = model(no_video)
+    assert out.present.tolist() == [True, True, False] and out.gates[0].any() and not out.gates[1].any()
+    two = total_loss(out, batch.labels, loss, ablation)
+    assert 0 < two.consistency.item() != total_loss(fuse(no_video), batch.labels, loss, ablation).consistency.item()
+    assert two.domain.item() > 0 and two.temporal.item() == 0
+
+    # everything present: nothing changes
+    out, real = model(batch), fuse(batch)
+    torch.testing.assert_close(out.prediction, real.prediction, rtol=0, atol=0)
+    assert (
+        total_loss(out, batch.labels, loss, ablation).as_floats()
+        == total_loss(real, batch.labels, loss, ablation).as_floats()
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,3 +339,30 @@ def test_rerun_of_a_cpu_trial_is_exact_and_a_changed_data_file_is_refused(reprod
         [original.info.experiment_id], f"tags.`sati.rerun_of` = '{run_id}'", order_by=["attributes.start_time DESC"]
     )[0]
     assert forced.data.tags["sati.rerun_forced.data_checksum"] == f"{recorded} → {now}"
+
+
+@pytest.mark.slow
+def test_a_registered_model_or_a_trial_run_gives_its_trials_configuration(reproduction):
+    from sati.reproduce import reproduction_seeds, resolve_source
+
+    r = reproduction
+    client, uri = r["client"], r["uri"]
+    runs = {(run.data.tags["sati.variant"], run.data.tags["sati.seed"]): run for run in r["children"]}
+    trial = runs[("full", "7")]
+    client.create_registered_model("rep-model")
+    version = client.create_model_version(
+        "rep-model",
+        f"runs:/{trial.info.run_id}/model",
+        trial.info.run_id,
+        tags={"sati.trial_run_id": trial.info.run_id},
+    )
+    client.set_registered_model_alias("rep-model", "champion", version.version)
+
+    cfg, store, what = resolve_source("models:/rep-model@champion", ["train.epochs=3"], uri)
+    assert store.uri == uri == cfg.tracking.uri and trial.info.run_id in what
+    assert cfg.seed == 7 and cfg.train.epochs == 3 and cfg.data.path == str(r["data"])
+    assert reproduction_seeds(cfg.seed, 2) == sorted({int(s) for _, s in runs}, key=lambda s: s != 7)
+
+    # a text_only trial's own configuration has the switch on; the variants set every switch themselves
+    cfg, _, _ = resolve_source(runs[("text_only", "7")].info.run_id, [], uri)
+    assert cfg.ablation.text_only and cfg.seed == 7

@@ -13,6 +13,10 @@ Data flow (batch-first, H = hidden_size, o = fbp_hidden):
 ``ablation.text_only`` removes audio and video: Z = [LN(T̃) ; LN(T̃)] (the full Z with both gates at 0)
 → the same Transformer, masked mean over the text and head; the aux losses' inputs are then absent.
 
+Audio or video stored as zeros is absent (a dataset without it, a dropped modality): with
+``model.absent_modalities = skip`` a sample's absent stream is shut (g = 0, so its half of Z is LN(T̃)) and
+``present`` tells the losses which modalities the batch has.
+
 Every time mean and attention is masked, so predictions do not depend on how far a batch is padded.
 """
 
@@ -49,6 +53,7 @@ class SATIOutput:
     domain_features: torch.Tensor | None = None  # [6, B, H] d(ī_t, ī_a, ī_v, s̄_t, s̄_a, s̄_v)
     domain_labels: torch.Tensor | None = None  # [6] long: 0, 1, 2, 0, 1, 2
     domain_classes: torch.Tensor | None = None  # [3, H] class weights W
+    present: torch.Tensor | None = None  # [3] bool: t, a, v present in the batch (None: model.absent_modalities fuse)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -126,6 +131,8 @@ class SATI(nn.Module):
     def forward(self, batch: Batch) -> SATIOutput:
         av_mask, text_mask, mask = batch.av_mask, batch.text_mask, batch.mask
         av_keep = av_mask.unsqueeze(-1)
+        # a modality a sample lacks is stored as zeros: [B] bool, True where the sample has it
+        has_audio, has_video = (batch.audio != 0).flatten(1).any(1), (batch.video != 0).flatten(1).any(1)
         if batch.text_ids is not None:
             text = self.text_encoder(batch.text_ids, text_mask)
         else:
@@ -162,6 +169,11 @@ class SATI(nn.Module):
             g_v = self.gate_head(self.fbp_video(shared[2], shared[0]))
         else:
             g_a = g_v = torch.ones_like(f_ta[..., :1])
+        present = None
+        if self.cfg.absent_modalities == "skip":  # an absent stream is shut: Z's half is LN(T̃), as in text_only
+            g_a = g_a * has_audio[:, None, None].to(g_a.dtype)
+            g_v = g_v * has_video[:, None, None].to(g_v.dtype)
+            present = torch.stack([text_mask.any(), has_audio.any(), has_video.any()])  # [3] for the losses
         z = torch.cat([self.norm_audio(f_ta * g_a + t_pos), self.norm_video(f_tv * g_v + t_pos)], -1)  # [B, T, 2H]
         z = self.fusion(z, src_key_padding_mask=~mask)
         prediction = self.head(masked_mean(z, mask)).squeeze(-1)  # [B]
@@ -176,6 +188,7 @@ class SATI(nn.Module):
             projection_masks=masks,
             reconstructions=recon,
             gates=torch.stack([g_a.squeeze(-1), g_v.squeeze(-1)]),
+            present=present,
             **domain,
         )
 
