@@ -53,3 +53,28 @@ def test_parallel_coordinates_has_a_line_per_valued_trial():
     lines = [ln for ln in fig.axes[0].get_lines() if len(ln.get_xdata()) == 3]
     assert len(lines) == 6 and sum(ln.get_linestyle() == "--" for ln in lines) == 4
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["train.lr", "model.fbp_pool", "valid/mae"]
+
+
+def test_the_summary_reads_the_trials_in_the_order_they_started(tmp_path):
+    """MLflow lists the newest run first; the history plot's x axis is the trial number all the same."""
+    from mlflow.tracking import MlflowClient
+
+    from sati.tracking.leaderboard import trial_rows
+    from sati.tracking.store import TrackingStore
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("order")
+    parent = client.create_run(experiment, run_name="search").info.run_id
+    for number, value in ((1, 0.9), (2, 0.8), (10, 0.7)):  # started in this order: t010 is the newest
+        run = client.create_run(
+            experiment,
+            run_name=f"t{number:03d}-0000000{number % 10}",
+            tags={"mlflow.parentRunId": parent, "sati.role": "trial", "sati.trial_status": "finished"},
+        ).info.run_id
+        client.log_metric(run, "best/valid/mae", value)
+    rows = trial_rows(TrackingStore(uri), parent, "valid/mae", [])
+    assert [r["trial"][:4] for r in rows] == ["t001", "t002", "t010"]
+    fig = plots.optimization_history(rows, "valid/mae", "min")
+    xs, ys = fig.axes[0].collections[0].get_offsets().T
+    assert list(xs) == [1, 2, 3] and list(ys) == [0.9, 0.8, 0.7]

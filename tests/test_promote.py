@@ -238,7 +238,7 @@ def test_test_split_is_read_only_by_evaluate(tmp_path, server, evaluated_model, 
     assert trial.data.tags["sati.role"] == "trial"
     exp = trial.info.experiment_id
     for linked in (version.run_id, version.tags["sati.search_run_id"], run_id):
-        assert f"(#/experiments/{exp}/runs/{linked})" in version.description
+        assert f"(#/experiments/{exp}/runs/{linked}?workflowType=machine_learning)" in version.description
     model = client.get_logged_model(version.source.removeprefix("models:/"))
     logged = {m.key for m in model.metrics}
     assert {"valid/mae", "test/mae", "test/noise0.5/mae"} <= logged

@@ -234,7 +234,8 @@ def test_search_logs_parent_and_trial_runs(tmp_path, synth_path, tiny_encoder, m
     best = min(finite, key=lambda r: r.data.metrics["best/valid/mae"])
     assert [r.info.run_id for r in children if r.data.tags.get("sati.best") == "true"] == [best.info.run_id]
     note = parent.data.tags["mlflow.note.content"]
-    assert f"[{best.info.run_name}](#/experiments/{parent.info.experiment_id}/runs/{best.info.run_id})" in note
+    best_link = f"#/experiments/{parent.info.experiment_id}/runs/{best.info.run_id}?workflowType=machine_learning"
+    assert f"[{best.info.run_name}]({best_link})" in note
     table = client.download_artifacts(parent_id, "trials.md", str(tmp_path))
     lines = Path(table).read_text().splitlines()[2:]
     assert lines[0].startswith("| ★ | 1 |") and best.info.run_name in lines[0] and len(lines) == 4

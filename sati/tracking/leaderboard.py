@@ -10,6 +10,8 @@ is summarized whole, whatever Tune experiment each trial ran in.
 from __future__ import annotations
 
 import math
+import re
+import sys
 import urllib.parse
 from typing import Any
 
@@ -17,26 +19,27 @@ from sati.tracking import contract as c
 from sati.tracking.store import RunInfo, TrackingStore
 
 TOP = 10  # rows of the description's table
+# MLflow 3's UI opens a run in its GenAI view ("Evaluations") unless the link names the model-training view
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 
 
 def run_link(experiment_id: str, run_id: str) -> str:
-    """A link to a run that works inside the MLflow UI (descriptions are rendered there)."""
-    return f"#/experiments/{experiment_id}/runs/{run_id}"
+    """A link to a run that works inside the MLflow UI (descriptions are rendered there), in its
+    model-training view."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
 
 
 def runs_table_link(ui: str, experiment_id: str, parent_run_id: str, metric: str, mode: str) -> str:
-    """The runs table of one search's trials, best ``best/<metric>`` first, in the UI's model-training view
-    (``workflowType``: MLflow 3's UI otherwise opens its GenAI view, where runs are "evaluations")."""
+    """The runs table of one search's trials, best ``best/<metric>`` first, in the UI's model-training view."""
     query = urllib.parse.urlencode(
         {
             "searchFilter": f"tags.`{c.ROLE}` = '{c.Role.TRIAL.value}' and tags.`{c.PARENT_RUN}` = '{parent_run_id}'",
             "orderByKey": f"metrics.`best/{metric}`",
             "orderByAsc": str(mode == "min").lower(),
-            "workflowType": "machine_learning",
         },
         quote_via=urllib.parse.quote,
     )
-    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}&{MODEL_TRAINING_VIEW}"
 
 
 def ui_address(tracking_uri: str) -> str:
@@ -45,7 +48,8 @@ def ui_address(tracking_uri: str) -> str:
 
 
 def trial_rows(store: TrackingStore, parent: str, metric: str, keys: list[str]) -> list[dict[str, Any]]:
-    """One row per trial run under ``parent``: name, state, epochs, best value, the searched ``keys``."""
+    """One row per trial run under ``parent``, in trial order (t001, t002, …; MLflow returns the newest
+    first): name, state, epochs, best value, the searched ``keys``."""
     rows = []
     for run in store.child_runs(parent, f"tags.`{c.ROLE}` = '{c.Role.TRIAL.value}'"):
         state = run.tags.get(c.TRIAL_STATUS) or ("failed" if run.status == "FAILED" else run.status.lower())
@@ -63,7 +67,13 @@ def trial_rows(store: TrackingStore, parent: str, metric: str, keys: list[str]) 
             "mlflow_run_id": run.run_id,
         }
         rows.append(row)
-    return rows
+    return sorted(rows, key=lambda r: trial_number(r["trial"]))
+
+
+def trial_number(run_name: str) -> int:
+    """``t007-fa3a39a8`` → 7 (the trial's number in its search); a name of another form sorts last."""
+    match = re.match(r"t(\d+)-", run_name)
+    return int(match.group(1)) if match else sys.maxsize
 
 
 def _param(run: RunInfo, key: str) -> Any:
