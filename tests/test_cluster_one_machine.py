@@ -101,10 +101,14 @@ def test_search_survives_losing_a_worker_raylet(tmp_path, synth_path, tiny_encod
         for line in f.read_text().splitlines()
         if line.strip()
     ]
-    assert [r["epoch"] for r in results] == list(range(1, 7)), [(r["epoch"], r["node_id"]) for r in results]
-    on_killed = [r for r in results if r["node_id"] == kill["node"]]
-    resumed = results[len(on_killed)]
-    assert on_killed and resumed["node_id"] == survivor and resumed["iterations_since_restore"] == 1
+    # (an epoch reported after the newest checkpoint Tune held is redone: it was lost with the node)
+    epochs = [(r["epoch"], r["node_id"]) for r in results]
+    on_killed = [r["epoch"] for r in results if r["node_id"] == kill["node"]]
+    on_survivor = [r["epoch"] for r in results if r["node_id"] == survivor]
+    assert [n for _, n in epochs] == [kill["node"]] * len(on_killed) + [survivor] * len(on_survivor), epochs
+    assert on_killed == list(range(1, len(on_killed) + 1)) and kill["checkpoint_epoch"] >= 1, (epochs, kill)
+    assert 2 <= on_survivor[0] <= on_killed[-1] + 1 and on_survivor == list(range(on_survivor[0], 7)), epochs
+    assert results[len(on_killed)]["iterations_since_restore"] == 1
 
     # the parent run is finished and names its best trial
     assert parent["tags"].get("sati.best_trial_run_id") in {r["run_id"] for r in trials}, parent["tags"]

@@ -68,6 +68,9 @@ class TrackingCallback(tune.Callback):
             self.board.result(trial.trial_id, int(result.get("epoch", 0)), float(value))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        # Tune calls this once it holds the checkpoint (a save round trip after the result), so the tag
+        # says from where a restart goes on; results past it are redone after a lost node
+        self.runs.record_checkpoint_epoch(trial.trial_id, int((trial.last_result or {}).get("epoch", 0)))
         _prune(checkpoint, keep=2)
 
     def _finish(self, trial, status: str, reason: str | None):

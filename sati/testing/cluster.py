@@ -326,7 +326,8 @@ def lose_a_worker(args, mark: str, report: dict, stack: contextlib.ExitStack) ->
     while search.proc.poll() is None and time.time() - t_search < args.kill_timeout:
         for run in _trial_runs(client, args.experiment, " and attributes.status = 'RUNNING'"):
             node = run.data.tags.get(contract.NODE_ID)
-            if node in ids:
+            # only once Tune holds its checkpoint: a node lost before that restarts the trial from scratch
+            if node in ids and contract.CHECKPOINT_EPOCH in run.data.tags:
                 victim = (run, node)
                 break
         if victim:
@@ -351,6 +352,7 @@ def lose_a_worker(args, mark: str, report: dict, stack: contextlib.ExitStack) ->
             "run_id": run.info.run_id,
             "after_s": round(time.time() - t_search, 1),
             "epochs_done": max((int(m.value) for m in epochs), default=0),
+            "checkpoint_epoch": int(run.data.tags[contract.CHECKPOINT_EPOCH]),
             "pids": len(killed),
             "pids_alive_after": [p for p in killed if alive(p)],
         }

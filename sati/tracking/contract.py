@@ -52,6 +52,7 @@ BEST = "sati.best"  # trial: "true" on the search's best trial
 EPOCHS = "sati.epochs"  # trial: epochs it trained
 STOPPED_REASON = "sati.stopped_reason"  # search: why it ran fewer trials than asked (a budget)
 CHECKPOINT_URI = "sati.checkpoint_uri"  # trial: its best.pt in the search's storage (Tune's checkpoint)
+CHECKPOINT_EPOCH = "sati.checkpoint_epoch"  # trial: the epoch of its newest checkpoint Tune holds (resumes after it)
 CANDIDATE_RUN = "sati.candidate_run_id"  # confirmation trial: the search trial it retrains
 CANDIDATE = "sati.candidate"  # confirmation trial: the candidate's index
 SEED = "sati.seed"  # confirmation trial

@@ -155,6 +155,12 @@ class TrialRuns:
             nodes.append(node_id)
         self.store.set_tags(self.runs[trial_id], {c.NODE_ID: node_id, c.NODES: ",".join(nodes)})
 
+    def record_checkpoint_epoch(self, trial_id: str, epoch: int) -> None:
+        """The epoch of the newest checkpoint Tune has registered for the trial: a restart (a lost node,
+        ``--resume``) goes on after it."""
+        if trial_id in self.runs:
+            self.store.set_tags(self.runs[trial_id], {c.CHECKPOINT_EPOCH: str(epoch)})
+
     def record_checkpoint(self, trial_id: str, uri: str) -> None:
         """Where the trial's ``best.pt`` is in the search's storage (its Tune checkpoint)."""
         self.store.set_tags(self.runs[trial_id], {c.CHECKPOINT_URI: uri})
