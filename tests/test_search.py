@@ -437,3 +437,60 @@ def test_searches_started_at_once_share_a_new_sqlite_study_storage(tmp_path):
     for proc in procs:
         proc.join(timeout=120)
     assert [proc.exitcode for proc in procs] == [0] * 6
+
+
+def test_an_extension_without_an_rdb_study_seeds_tpe_with_the_logged_trials():
+    """A study kept in memory is gone after its search; --extend rebuilds it from the trial runs' rows."""
+    from sati.search.space import Param, SearchSpace
+    from sati.search.study import seeded_memory_storage
+
+    space = SearchSpace(
+        "space.yaml",
+        (
+            Param("train.lr", "loguniform", (1e-4, 1e-2)),
+            Param("model.fbp_pool", "choice", (1, 2, 4)),
+            Param("loss.margin", "uniform", (0.0, 1.0), when={"loss.margin_form": "cosface"}),
+        ),
+    )
+    rows = [
+        {"state": "finished", "epochs": 3, "valid/mae": 0.8, "train.lr": 1e-3, "model.fbp_pool": 2, "loss.margin": ""},
+        {"state": "stopped", "epochs": 1, "valid/mae": 0.9, "train.lr": 2e-4, "model.fbp_pool": 4, "loss.margin": 0.3},
+        {"state": "failed", "epochs": 0, "valid/mae": math.nan, "train.lr": 5e-3, "model.fbp_pool": 1},
+        {
+            "state": "finished",
+            "epochs": 3,
+            "valid/mae": 0.7,
+            "train.lr": 0.5,
+            "model.fbp_pool": 1,
+        },  # outside today's space
+    ]
+    import optuna
+
+    storage = seeded_memory_storage("s", "min", space, rows, "valid/mae")
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert [(t.state.name, t.value, t.params) for t in study.trials] == [
+        ("COMPLETE", 0.8, {"train.lr": 1e-3, "model.fbp_pool": 2}),
+        ("PRUNED", None, {"train.lr": 2e-4, "model.fbp_pool": 4, "loss.margin": 0.3}),
+    ]
+    assert study.trials[1].intermediate_values == {1: 0.9} and study.best_value == 0.8
+
+
+@pytest.mark.slow
+def test_extend_with_a_tracking_server_and_no_study_storage(tmp_path, synth_path, tiny_encoder, mlflow_server):
+    """No RDB keeps the study: the search writes nothing beside it, and the extension goes on from the
+    trials logged in MLflow."""
+    pipeline = write_search_pipeline(
+        tmp_path / "p.yaml", synth_path, tiny_encoder, mlflow_server.uri, tmp_path / "ray",
+        {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}},
+        search={"num_samples": 2, "scheduler": "fifo"}, train={"epochs": 1},
+    )  # fmt: skip
+    out = run_sati(["search", str(pipeline)], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "live study:       kept in memory" in out.stdout and not list(tmp_path.glob("optuna.db*"))
+    parent_id = parent_run_id(out.stdout)
+    out = run_sati(["search", "--extend", parent_id, "--set", "search.num_samples=1", "--tracking-uri",
+                    mlflow_server.uri], cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "TPE goes on from 2 of the 2 trials logged under the search run" in out.stdout
+    assert len(child_runs(MlflowClient(mlflow_server.uri), parent_id)) == 3

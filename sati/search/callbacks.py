@@ -24,7 +24,7 @@ from sati.tracking.searches import TrialRuns
 
 
 class TrackingCallback(tune.Callback):
-    """One MLflow child run per trial: params, per-epoch metrics, best checkpoint, learning curve."""
+    """One MLflow child run per trial: params, per-epoch metrics, best checkpoint."""
 
     def __init__(
         self,

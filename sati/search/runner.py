@@ -23,10 +23,10 @@ from sati.search.ray_session import ray_session
 from sati.search.space import SearchSpace, load_space
 from sati.search.state import STATE_FILE, as_search_dir, read_search_state, write_search_state
 from sati.search.study import ENV as STUDY_ENV
-from sati.search.study import mask_password, study_storage_url
+from sati.search.study import mask_password, rdb_storage, seeded_memory_storage, study_storage_url
 from sati.tracking import contract, leaderboard
 from sati.tracking.leaderboard import runs_table_link, ui_address
-from sati.tracking.searches import TrialRuns, find_search, log_search_summary, start_search_run
+from sati.tracking.searches import TrialRuns, find_search, log_learning_curves, log_search_summary, start_search_run
 from sati.tracking.store import TrackingStore
 
 
@@ -107,7 +107,8 @@ def run_search(
         def make_tuner():
             from sati.search.tuner import build_search_tuner
 
-            return build_search_tuner(cfg, space, name, TrialRuns(store, parent, info.checksum, commit), study)
+            runs = TrialRuns(store, parent, info.checksum, commit)
+            return build_search_tuner(cfg, space, name, runs, (rdb_storage(study[0]), name))
 
         return _fit(cfg, space, store, parent, search_dir, state, console, make_tuner)
 
@@ -186,14 +187,40 @@ def extend_search(
         study = (study_storage_url(cfg, store.uri), state["name"])
         _announce(cfg, store, parent, study, console)
         info = store.run(parent)
+        storage = _extended_study(cfg, space, store, parent, study, console)
 
         def make_tuner():
             from sati.search.tuner import build_search_tuner
 
             runs = TrialRuns(store, parent, info.tags.get(contract.DATA_CHECKSUM, ""), git_commit())
-            return build_search_tuner(cfg, space, name, runs, study, first_number=done + 1)
+            return build_search_tuner(
+                cfg,
+                space,
+                name,
+                runs,
+                (storage, study[1]),
+                first_number=done + 1,
+            )
 
         return _fit(cfg, space, store, parent, search_dir, state, console, make_tuner)
+
+
+def _extended_study(cfg: PipelineConfig, space: SearchSpace, store: TrackingStore, parent: str, study: tuple, console):
+    """The storage an extension's TPE goes on from: the search's RDB study, else (it was kept in memory)
+    one seeded with the trials logged under ``parent``."""
+    url, name = study
+    if url is not None:
+        return rdb_storage(url)
+    import optuna
+
+    metric = cfg.train.selection_metric
+    rows = leaderboard.trial_rows(store, parent, metric, space.keys)
+    storage = seeded_memory_storage(name, cfg.train.selection_direction, space, rows, metric)
+    seeded = len(optuna.load_study(study_name=name, storage=storage).trials)
+    console(
+        f"TPE goes on from {seeded} of the {len(rows)} trials logged under the search run (study rebuilt in memory)"
+    )
+    return storage
 
 
 def _shown(cfg: PipelineConfig) -> dict:
@@ -249,6 +276,7 @@ def _finish(cfg, space, store: TrackingStore, parent, search_dir, state, console
     notes = [note] if (note := summary.budget_note(cfg, rows, cost, state.get("planned", len(rows)))) else []
     table = leaderboard.table_rows(rows, metric, mode)
     log_search_summary(store, parent, table, plots.search_plots(rows, metric, mode, space), best)
+    log_learning_curves(store, ranked[: leaderboard.TOP], metric)
     store.log_metrics(parent, cost)
     if notes:
         store.set_tags(parent, {contract.STOPPED_REASON: notes[0]})

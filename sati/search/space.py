@@ -60,6 +60,20 @@ class SearchSpace:
                 values[p.key] = trial.suggest_categorical(p.key, list(p.args))
         return values
 
+    def distributions(self) -> dict[str, Any]:
+        """``{dotted key: the Optuna distribution sample() draws it from}``."""
+        import optuna.distributions as d
+
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.kind in ("uniform", "loguniform"):
+                out[p.key] = d.FloatDistribution(*p.args, log=p.kind == "loguniform")
+            elif p.kind == "int":
+                out[p.key] = d.IntDistribution(*p.args, step=p.step or 1, log=p.log)
+            else:
+                out[p.key] = d.CategoricalDistribution(list(p.args))
+        return out
+
     def defaults(self, base: PipelineConfig) -> dict[str, Any]:
         """The pipeline's own values of the searched keys (a first point worth evaluating)."""
         flat = flatten(base.to_dict())

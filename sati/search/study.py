@@ -4,17 +4,21 @@
 so a database password never sits in a pipeline file or a command line), else a SQLite file beside
 a local MLflow store (``sqlite:///…/mlflow.db`` → ``…/optuna.db``). With none of these (a tracking
 server, no study storage named) the study stays in the driver's memory and in Tune's searcher state:
-nothing is written to the driver's disk, ``--resume`` restores it, ``--extend`` starts TPE afresh.
+nothing is written to the driver's disk, ``--resume`` restores it with Tune's searcher, and ``--extend``
+seeds a new one with the trials logged in MLflow (``seeded_memory_storage``).
 The study is named after the search, so ``--resume`` and ``--extend`` find it again (``load_if_exists``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 from sati.config import PipelineConfig
+from sati.search.space import SearchSpace
 
 ENV = "SATI_STUDY_STORAGE"
 
@@ -55,3 +59,33 @@ def rdb_storage(url: str | None):
     with open(path.with_name(f"{path.name}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return optuna.storages.RDBStorage(url)
+
+
+def seeded_memory_storage(name: str, mode: str, space: SearchSpace, rows: list[dict[str, Any]], metric: str):
+    """An in-memory study ``name`` holding the trials of ``rows`` (``sati.tracking.leaderboard.trial_rows``):
+    finished ones COMPLETE with their best ``metric``, stopped ones PRUNED with it as their last
+    intermediate value, failed ones left out. An extension without an RDB study then goes on from them."""
+    import optuna
+
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=storage, study_name=name, direction="minimize" if mode == "min" else "maximize")
+    study = optuna.load_study(study_name=name, storage=storage)
+    distributions = space.distributions()
+    for row in rows:
+        value = row.get(metric)
+        if row["state"] not in ("finished", "stopped") or not isinstance(value, (int, float)) or math.isnan(value):
+            continue
+        params = {k: row[k] for k in distributions if row.get(k, "") != ""}  # a conditional key may be absent
+        finished = row["state"] == "finished"
+        try:
+            trial = optuna.trial.create_trial(
+                params=params,
+                distributions={k: distributions[k] for k in params},
+                value=value if finished else None,
+                state=optuna.trial.TrialState.COMPLETE if finished else optuna.trial.TrialState.PRUNED,
+                intermediate_values={max(int(row.get("epochs") or 1), 1): value},
+            )
+        except ValueError:  # a logged value outside today's space: TPE cannot use it
+            continue
+        study.add_trial(trial)
+    return storage

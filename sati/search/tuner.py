@@ -4,6 +4,8 @@ the trial's best-so-far validation value, which is comparable at every rung."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ray import tune
 
 from sati import storage
@@ -11,7 +13,6 @@ from sati.config import PipelineConfig
 from sati.search.callbacks import TrackingCallback
 from sati.search.searcher import BudgetedLimiter, DefineByRun, StopAwareOptunaSearch, tpe_sampler
 from sati.search.space import SearchSpace
-from sati.search.study import rdb_storage
 from sati.search.trainable import TrialResolver, train_trial
 from sati.search.trial_configs import ReseededPipelines, SampledPipelines
 from sati.seeding import derive_seed
@@ -85,17 +86,17 @@ def build_search_tuner(
     space: SearchSpace,
     name: str,
     runs: TrialRuns,
-    study: tuple[str | None, str],
+    study: tuple[Any, str],
     first_number: int = 1,
 ) -> tune.Tuner:
     """A search: ``search.num_samples`` trials sampled by TPE from ``space`` under the configured scheduler,
-    its Optuna study kept in ``study`` = (storage URL, study name). A new search tries the pipeline's own
-    values first; an extension (``first_number`` > 1: its trials are numbered on from there) continues
-    the same study, so TPE starts from what it learned."""
+    its Optuna study kept in ``study`` = (Optuna storage, None: in memory; study name). A new search
+    tries the pipeline's own values first; an extension (``first_number`` > 1: its trials are numbered on
+    from there) continues the same study, so TPE starts from what it learned."""
     extend = first_number > 1
     s = cfg.search
     first = None if extend else space.defaults(cfg)  # the pipeline's own values are the first point tried
-    url, study_name = study
+    study_storage, study_name = study
     searcher = StopAwareOptunaSearch(
         space=DefineByRun(space, cfg),
         metric=tune_metric(cfg),
@@ -103,7 +104,7 @@ def build_search_tuner(
         # an extension draws other random points than the search did (the same seed would repeat them)
         sampler=tpe_sampler(derive_seed(cfg.seed, "extend", name) if extend else cfg.seed),
         points_to_evaluate=[first] if first else None,
-        storage=rdb_storage(url),
+        storage=study_storage,
         study_name=study_name,
     )
     resolve = SampledPipelines(cfg.to_dict())
