@@ -19,9 +19,23 @@ import yaml
 from sati.config import PipelineConfig, from_dict
 from sati.data.synth import write_synthetic
 from sati.testing.pipelines import small_pipeline
+from sati.testing.processes import NOT_INHERITED
 from sati.testing.tiny_encoder import build_tiny_text_encoder
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_stays_in_its_test():
+    """A command run in-process exports MLFLOW_TRACKING_URI (``mlflow.set_tracking_uri`` does): put the
+    environment back, so the next test does not resolve its default store to a server that is gone."""
+    saved = {k: os.environ.get(k) for k in NOT_INHERITED}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,21 @@ def test_console_script_is_installed(tmp_path):
     assert sati.is_file(), f"no console script at {sati}"
     out = subprocess.run([str(sati), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "train" in out.stdout and "data" in out.stdout
+
+
+def test_a_tracking_uri_an_in_process_command_exported_does_not_reach_later_children(monkeypatch):
+    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI; a later `sati` child must use its own store."""
+    import mlflow
+
+    from sati.testing.processes import loopback_env
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri("http://127.0.0.1:1")
+        assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:1"  # what MLflow does
+        assert "MLFLOW_TRACKING_URI" not in loopback_env()
+        assert loopback_env(MLFLOW_TRACKING_URI="sqlite:///x.db")["MLFLOW_TRACKING_URI"] == "sqlite:///x.db"
+    finally:
+        mlflow.set_tracking_uri(before)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

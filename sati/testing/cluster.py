@@ -45,6 +45,7 @@ from sati.testing.processes import (
 )
 from sati.testing.servers import MlflowServer, Postgres
 from sati.tracking import contract
+from sati.tracking.searches import STEP_METRIC
 
 RAY = Path(sys.executable).parent / "ray"
 
@@ -342,7 +343,7 @@ def lose_a_worker(args, mark: str, report: dict, stack: contextlib.ExitStack) ->
     else:
         run, node = victim
         worker = workers[ids.index(node)]
-        epochs = client.get_metric_history(run.info.run_id, "epoch")
+        epochs = client.get_metric_history(run.info.run_id, STEP_METRIC)  # logged every epoch, step = epoch
         killed = worker.stop(signal.SIGKILL, grace_s=5)  # the node crashes: raylet, agents, its trial
         time.sleep(1)
         report["kill"] = {
@@ -351,7 +352,7 @@ def lose_a_worker(args, mark: str, report: dict, stack: contextlib.ExitStack) ->
             "trial_id": run.data.tags.get(contract.TRIAL_ID),
             "run_id": run.info.run_id,
             "after_s": round(time.time() - t_search, 1),
-            "epochs_done": max((int(m.value) for m in epochs), default=0),
+            "epochs_done": max((m.step for m in epochs), default=0),
             "checkpoint_epoch": int(run.data.tags[contract.CHECKPOINT_EPOCH]),
             "pids": len(killed),
             "pids_alive_after": [p for p in killed if alive(p)],

@@ -36,9 +36,16 @@ OFFLINE_LOOPBACK = {
 """Settings that keep a child process offline, without telemetry and with Ray on loopback only."""
 
 
+# Not passed on from this process: ``mlflow.set_tracking_uri`` (which commands run in-process call) exports
+# the URI, and a child started later by another test would log to that store instead of its own.
+NOT_INHERITED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 def loopback_env(**extra: str) -> dict[str, str]:
-    """Environment for child processes: this one's, with ``OFFLINE_LOOPBACK`` and then ``extra`` on top."""
-    return {**os.environ, **OFFLINE_LOOPBACK, **extra}
+    """Environment for child processes: this one's but ``NOT_INHERITED``, with ``OFFLINE_LOOPBACK`` and then
+    ``extra`` on top."""
+    inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
+    return {**inherited, **OFFLINE_LOOPBACK, **extra}
 
 
 def free_port() -> int:
