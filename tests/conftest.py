@@ -27,10 +27,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _tracking_uri_stays_in_its_test():
-    """A command run in-process exports MLFLOW_TRACKING_URI (``mlflow.set_tracking_uri`` does): put the
-    environment back, so the next test does not resolve its default store to a server that is gone."""
+    """A command run in-process sets MLflow's global tracking and registry URIs (and exports them as
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI): reset both, so the next test's ``MlflowClient(uri)``
+    does not send registry calls to a server that is gone."""
     saved = {k: os.environ.get(k) for k in NOT_INHERITED}
     yield
+    import mlflow
+
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -494,3 +494,21 @@ def test_extend_with_a_tracking_server_and_no_study_storage(tmp_path, synth_path
     assert out.returncode == 0, out.stderr[-3000:]
     assert "TPE goes on from 2 of the 2 trials logged under the search run" in out.stdout
     assert len(child_runs(MlflowClient(mlflow_server.uri), parent_id)) == 3
+
+
+def test_moving_the_best_tag_off_a_run_that_never_got_it_is_fine(tmp_path):
+    """A resumed driver's leaderboard remembers a best run whose tag the dead driver never wrote."""
+    from sati.tracking.leaderboard import LiveBoard
+    from sati.tracking.store import TrackingStore
+
+    store = TrackingStore(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = store.client.create_experiment("e")
+    parent = store.client.create_run(experiment).info.run_id
+    untagged, better = (store.client.create_run(experiment).info.run_id for _ in range(2))
+    board = LiveBoard(store, parent, "valid/mae", "min", [])
+    board.best = untagged  # as restored from the callback state
+    board.add("b", "t002-b", better, {})
+    board.result("b", 1, 0.5)
+    board.publish(force=True)
+    assert store.client.get_run(better).data.tags["sati.best"] == "true"
+    assert "sati.best" not in store.client.get_run(untagged).data.tags

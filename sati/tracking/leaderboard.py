@@ -184,7 +184,7 @@ class LiveBoard:
             return
         if best != self.best:
             if self.best:
-                self.store.client.delete_tag(self.best, c.BEST)
+                self.store.delete_tag_if_present(self.best, c.BEST)  # after a resume it may never have been set
             if best:
                 self.store.set_tags(best, {c.BEST: "true"})
             self.best = best

@@ -153,6 +153,16 @@ class TrackingStore:
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
+    def delete_tag_if_present(self, run_id: str, key: str) -> None:
+        """Remove tag ``key`` from the run; a run without it (a driver died before writing it) is fine."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_tag(run_id, key)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
