@@ -8,7 +8,7 @@ built offline from its config) is fine-tuned (``model.freeze_text_layers: 0``) i
 the checkpoint it hands to Tune (``storage/checkpoint_mb``); the base tree hands Tune ``last.pt`` and
 ``best.pt`` every epoch, whose sizes are read from its storage.
 
-    python benchmarks/bench_checkpoints.py --base /work/base
+    python benchmarks/bench_checkpoints.py --base ../sati-base  # git worktree add ../sati-base <commit>
 """
 
 from __future__ import annotations

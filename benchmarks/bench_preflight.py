@@ -12,7 +12,7 @@ against another (``--base``), and the pre-flight on a 3-node cluster of this mac
    each: the exit status, the pre-flight's own time (the line ``pre-flight passed in … s``, else the
    command's), and the refusal.
 
-    python benchmarks/bench_preflight.py --base /work/base
+    python benchmarks/bench_preflight.py --base ../sati-base  # git worktree add ../sati-base <commit>
 """
 
 from __future__ import annotations

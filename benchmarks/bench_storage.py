@@ -11,8 +11,8 @@ fresh folder per tree, and reports what is on disk afterwards:
 side by side with another checkout of the project (``--base``, e.g. a ``git worktree`` of the main
 it started from), as a ratio. Both trees run with the same interpreter (the base via ``PYTHONPATH``).
 
-    python benchmarks/bench_storage.py --base /work/base
-    python benchmarks/bench_storage.py --base /work/base --set model.text_encoder=... --set ...
+    python benchmarks/bench_storage.py --base ../sati-base
+    python benchmarks/bench_storage.py --base ../sati-base --set model.text_encoder=... --set ...
 """
 
 from __future__ import annotations

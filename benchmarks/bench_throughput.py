@@ -6,7 +6,7 @@ dataset, 1 epoch, FIFO, 2 at a time) against a real ``mlflow server`` (SQLite) w
 and Optuna. The driver runs in a launcher that records its own CPU time and peak memory at exit; the
 server's access log counts MLflow requests. Then ``sati search --resume <dir>`` of the finished search.
 
-    python benchmarks/bench_throughput.py --base /work/base --trials 300
+    python benchmarks/bench_throughput.py --base ../sati-base --trials 300
     python benchmarks/bench_throughput.py --trials 100 --trials 300     # this tree only: growth with N
 """
 
