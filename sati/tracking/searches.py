@@ -84,7 +84,6 @@ class TrialRuns:
         self.data_checksum, self.commit = data_checksum, commit  # provenance of every trial's rerun record
         self.runs: dict[str, str] = {}  # trial id → run id
         self.logged: dict[str, int] = {}  # trial id → last epoch logged
-        self.history: dict[str, list[dict]] = {}
         self.nodes: dict[str, list[str]] = {}  # trial id → Ray nodes it ran on
 
     def __getstate__(self) -> dict:
@@ -98,9 +97,7 @@ class TrialRuns:
         }
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(
-            {"history": {}, "nodes": {}, "logged": {}, "data_checksum": "", "commit": "unknown", **state}
-        )
+        self.__dict__.update({"nodes": {}, "logged": {}, "data_checksum": "", "commit": "unknown", **state})
         self.restored = True  # unpickled: a resumed search, whose trials may have runs already
 
     def _existing(self, trial_id: str) -> str | None:
@@ -128,7 +125,6 @@ class TrialRuns:
             self.store.client.log_dict(run_id, record, RERUN_ARTIFACT)
             self.logged[trial_id] = 0
         self.runs[trial_id] = run_id
-        self.history.setdefault(trial_id, [])
         return run_id
 
     def log_epoch(self, trial_id: str, metrics: dict[str, Any]) -> None:
@@ -140,9 +136,6 @@ class TrialRuns:
             for k, v in metrics.items()
             if "/" in k and not k.startswith("trainer/") and isinstance(v, (int, float)) and not isinstance(v, bool)
         }
-        self.history[trial_id] = [h for h in self.history[trial_id] if h.get("epoch") != step] + [
-            {**numeric, "epoch": step}
-        ]
         if step <= self.logged.get(trial_id, 0):
             return
         self.store.log_metrics(self.runs[trial_id], numeric, step=step)
@@ -175,8 +168,7 @@ class TrialRuns:
         run_id = self.runs.get(trial_id)
         if run_id is None:
             return
-        history = self.history.get(trial_id, [])
-        epochs = max((int(h.get("epoch", 0)) for h in history), default=self.logged.get(trial_id, 0))
+        epochs = self.logged.get(trial_id, 0)
         tags = {c.TRIAL_STATUS: status, c.EPOCHS: str(epochs), **({c.FAILURE_REASON: reason} if reason else {})}
         self.store.set_tags(run_id, tags)
         self.store.end_run(run_id, "FINISHED" if status in ("finished", "stopped") else "FAILED")
