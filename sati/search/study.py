@@ -68,8 +68,7 @@ def seeded_memory_storage(name: str, mode: str, space: SearchSpace, rows: list[d
     import optuna
 
     storage = optuna.storages.InMemoryStorage()
-    optuna.create_study(storage=storage, study_name=name, direction="minimize" if mode == "min" else "maximize")
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize" if mode == "min" else "maximize")
     distributions = space.distributions()
     for row in rows:
         value = row.get(metric)
