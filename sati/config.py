@@ -173,6 +173,9 @@ class SearchConfig:
     space: str | None = _spec(None, help="search space YAML (dotted config keys → distributions)")
     num_samples: int = _spec(8, ge=1, help="number of trials")
     max_concurrent: int = _spec(2, ge=1, help="trials running at once")
+    sampler: Literal["tpe", "random"] = _spec(
+        "tpe", help="how Optuna samples the space: tpe (learns from finished trials) or random (a baseline)"
+    )
     scheduler: Literal["asha", "hyperband", "fifo"] = _spec("asha")
     grace_period: int = _spec(1, ge=1, help="epochs before ASHA/HyperBand may stop a trial")
     reduction_factor: int = _spec(3, ge=2)

@@ -6,11 +6,12 @@ import hashlib
 import random
 
 import numpy as np
-import torch
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
+    import torch  # here: ``derive_seed`` serves torch-free modules too (the replay)
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -1,5 +1,5 @@
-"""The searcher: Optuna's TPE (seeded, constant liar) over the YAML space, told the truth about
-trials a scheduler stopped early.
+"""The searcher: Optuna's TPE (seeded, constant liar) or random sampler over the YAML space, told the
+truth about trials a scheduler stopped early.
 
 Ray's ``OptunaSearch`` tells Optuna COMPLETE with the last reported value when ASHA stops a trial, so
 TPE would take an epoch-1 value for a final one. Here such a trial is told PRUNED, with its last
@@ -40,6 +40,15 @@ def tpe_sampler(seed: int):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+
+
+def make_sampler(kind: str, seed: int):
+    """``search.sampler``: seeded TPE (``tpe_sampler``) or Optuna's seeded random sampler."""
+    if kind == "random":
+        import optuna
+
+        return optuna.samplers.RandomSampler(seed=seed)
+    return tpe_sampler(seed)
 
 
 class StopAwareOptunaSearch(OptunaSearch):

@@ -11,34 +11,13 @@ from ray import tune
 from sati import storage
 from sati.config import PipelineConfig
 from sati.search.callbacks import TrackingCallback
-from sati.search.searcher import BudgetedLimiter, DefineByRun, StopAwareOptunaSearch, tpe_sampler
 from sati.search.space import SearchSpace
+from sati.search.strategy import build_scheduler, build_searcher, tune_metric
 from sati.search.trainable import TrialResolver, train_trial
 from sati.search.trial_configs import ReseededPipelines, SampledPipelines
 from sati.seeding import derive_seed
 from sati.tracking.leaderboard import LiveBoard
 from sati.tracking.searches import TrialRuns
-
-
-def tune_metric(cfg: PipelineConfig) -> str:
-    """The metric Tune, the scheduler and Optuna read: the trial's best-so-far validation value."""
-    return f"best/{cfg.train.selection_metric}"
-
-
-def _scheduler(cfg: PipelineConfig):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
-
-    s = cfg.search
-    if s.scheduler == "asha":
-        return ASHAScheduler(
-            time_attr="epoch",  # the trainer's epoch, also when a trial restarted afresh after a restore
-            max_t=cfg.train.epochs,
-            grace_period=min(s.grace_period, cfg.train.epochs),
-            reduction_factor=s.reduction_factor,
-        )
-    if s.scheduler == "hyperband":
-        return HyperBandScheduler(time_attr="epoch", max_t=cfg.train.epochs, reduction_factor=s.reduction_factor)
-    return FIFOScheduler()
 
 
 def _run_config(
@@ -89,24 +68,14 @@ def build_search_tuner(
     study: tuple[Any, str],
     first_number: int = 1,
 ) -> tune.Tuner:
-    """A search: ``search.num_samples`` trials sampled by TPE from ``space`` under the configured scheduler,
+    """A search: ``search.num_samples`` trials sampled (``search.sampler``) from ``space`` under the scheduler,
     its Optuna study kept in ``study`` = (Optuna storage, None: in memory; study name). A new search
     tries the pipeline's own values first; an extension (``first_number`` > 1: its trials are numbered on
     from there) continues the same study, so TPE starts from what it learned."""
-    extend = first_number > 1
-    s = cfg.search
+    extend, s = first_number > 1, cfg.search
     first = None if extend else space.defaults(cfg)  # the pipeline's own values are the first point tried
-    study_storage, study_name = study
-    searcher = StopAwareOptunaSearch(
-        space=DefineByRun(space, cfg),
-        metric=tune_metric(cfg),
-        mode=cfg.train.selection_direction,
-        # an extension draws other random points than the search did (the same seed would repeat them)
-        sampler=tpe_sampler(derive_seed(cfg.seed, "extend", name) if extend else cfg.seed),
-        points_to_evaluate=[first] if first else None,
-        storage=study_storage,
-        study_name=study_name,
-    )
+    # an extension draws other random points than the search did (the same seed would repeat them)
+    seed = derive_seed(cfg.seed, "extend", name) if extend else cfg.seed
     resolve = SampledPipelines(cfg.to_dict())
     return tune.Tuner(
         _trainable(resolve, cfg),
@@ -114,13 +83,8 @@ def build_search_tuner(
             metric=tune_metric(cfg),
             mode=cfg.train.selection_direction,
             num_samples=s.num_samples,
-            search_alg=BudgetedLimiter(
-                searcher,
-                s.max_concurrent,
-                (s.resources.cpu, s.resources.gpu),
-                (s.budget_cpu_hours, s.budget_gpu_hours),
-            ),
-            scheduler=_scheduler(cfg),
+            search_alg=build_searcher(cfg, space, seed, [first] if first else None, study),
+            scheduler=build_scheduler(cfg),
             time_budget_s=s.time_budget_s,
             reuse_actors=s.reuse_actors,
         ),
