@@ -1,0 +1,1 @@
+"""Replay: recorded learning curves drive the real searcher and scheduler on simulated time."""
