@@ -38,7 +38,11 @@ _python_show_warning = warnings.showwarning
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["search", "export"]:  # a verb of its own beside `sati search PIPELINE`
+        args = search.export_parser().parse_args(argv[2:])
+    else:
+        args = build_parser().parse_args(argv)
     from sati.checkpoint import CheckpointError
     from sati.config import ConfigError, DeprecatedKeyWarning
     from sati.data.h5format import DataError

@@ -1,4 +1,5 @@
-"""``sati search``: a new search, or ``--resume`` an interrupted one."""
+"""``sati search``: a new search, or ``--resume`` an interrupted one; ``sati search export``: a search's
+trials as a recording for ``sati simulate``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from sati.config import ConfigError, load_pipeline
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    search = sub.add_parser("search", help="hyperparameter search: Ray Tune trials, Optuna sampling, MLflow runs")
+    search = sub.add_parser(
+        "search",
+        help="hyperparameter search: Ray Tune trials, Optuna sampling, MLflow runs",
+        epilog="sati search export SEARCH_DIR_OR_RUN_ID --out FILE.parquet: write a search's trials, epoch by epoch, "
+        "as a recording for `sati simulate` (see `sati search export --help`)",
+    )
     search.add_argument("pipeline", nargs="?", help="pipeline YAML with a search section")
     add_overrides(search)
     search.add_argument("--address", default=None, help="Ray cluster address (overrides search.ray_address)")
@@ -54,3 +60,30 @@ def _search(args) -> int:
         if args.check:
             return 0
     return 0 if outcome.best else 1
+
+
+def export_parser() -> argparse.ArgumentParser:
+    """``sati search export``: a verb beside ``sati search PIPELINE`` (dispatched by ``sati.cli.main``)."""
+    p = argparse.ArgumentParser(
+        prog="sati search export",
+        description="Write every trial of a search (resolved parameters, per-epoch validation metrics, epoch "
+        "wall times, resources, status) as a Parquet recording that `sati simulate --replay` reads.",
+    )
+    p.add_argument("target", metavar="SEARCH_DIR_OR_RUN_ID", help="the search directory or its MLflow parent run id")
+    p.add_argument(
+        "--out", required=True, help="the recording to write (.parquet; its metadata also goes to FILE.json)"
+    )
+    add_tracking_uri(p, "with a run id: the MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
+    p.set_defaults(run=_export)
+    return p
+
+
+def _export(args) -> int:
+    from sati.replay.export import export_search
+
+    summary = export_search(args.target, args.out, tracking_uri=args.tracking_uri)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.statuses.items()))
+    size_kb = summary.out.stat().st_size / 1024
+    print(f"wrote {summary.trials} trials ({summary.rows} trial-epochs; {counts}) to {summary.out} ({size_kb:.0f} KiB)")
+    print(f"its metadata (space, metric, scheduler, versions): {summary.sidecar}")
+    return 0

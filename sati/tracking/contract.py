@@ -95,6 +95,11 @@ def version_tag(package: str) -> str:
     return _VERSION_PREFIX + package
 
 
+def versions_from_tags(tags: dict[str, str]) -> dict[str, str]:
+    """``{package: version}`` from a search run's version tags (``version_tag``)."""
+    return {k.removeprefix(_VERSION_PREFIX): v for k, v in tags.items() if k.startswith(_VERSION_PREFIX)}
+
+
 def sampled_tag(key: str) -> str:
     """Search-trial tag holding the sampled value of config key ``key``."""
     return _SAMPLED_PREFIX + key
