@@ -1,4 +1,4 @@
-"""Command line: ``sati train | config | search | promote | evaluate | predict | data ...``.
+"""Command line: ``sati train | config | search | simulate | promote | evaluate | predict | data ...``.
 
 One module per group of subcommands; each has ``add_parsers(subparsers)`` and sets ``run`` on its
 parsers to the function that runs the command. A mistake a user can fix (a bad file, key, value,
@@ -11,14 +11,14 @@ import argparse
 import sys
 import warnings
 
-from sati.cli import data, models, reproduce, search, train
+from sati.cli import data, models, reproduce, search, simulate, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sati`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="sati", description="SATI multimodal sentiment: train, search, promote")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (train, search, models, reproduce, data):
+    for group in (train, search, simulate, models, reproduce, data):
         group.add_parsers(sub)
     return parser
 

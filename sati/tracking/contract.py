@@ -31,6 +31,7 @@ class Role(str, Enum):
     EVALUATION = "evaluation"
     REPRODUCTION = "reproduction"  # `sati reproduce`: variants × seeds, the paper's tables
     RERUN = "rerun"  # `sati reproduce --rerun`: one run trained again, nested under it
+    SIMULATION = "simulation"  # `sati simulate`: strategies compared on a replayed recording
 
 
 # Run tags
@@ -62,6 +63,7 @@ SPLIT = "sati.split"  # evaluation
 MODEL_URIS = "sati.model_uris"  # evaluation
 MODEL_VERSION = "sati.model_version"  # evaluation of one registered version
 VARIANT = "sati.variant"  # reproduction trial: full, no_til, no_gate, no_adversarial or text_only
+REPLAY_SHA256 = "sati.replay_sha256"  # simulation: the recording it replayed
 REPRODUCTION_SOURCE = "sati.reproduction_source"  # reproduction: the pipeline, model URI or run it started from
 RERUN_OF = "sati.rerun_of"  # rerun: the run it trains again
 RERUN_MATCH = "sati.rerun_match"  # rerun: exact, within tolerance, or differs (per-epoch metrics)
