@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -78,6 +77,7 @@ def _simulate(args) -> int:
     else:
         space = recording.space
     store = CurveStore(recording, cfg)
+    tracking = _tracking_store(args, cfg)  # an unreachable server fails here, before any replay
     grid.setdefault("sampler", ["random", "tpe"])
     grid.setdefault("scheduler", list(dict.fromkeys(["fifo", cfg.search.scheduler])))
     strategies = strategy_grid(cfg, grid)
@@ -112,7 +112,8 @@ def _simulate(args) -> int:
     if outside > 0.5:
         print(
             f"note: up to {outside:.0%} of lookups fell outside the recording's support: the comparison says little "
-            "about this space; record it (or simulate the recorded space: --space recording)"
+            "about this space; record more configurations of it"
+            + (" (or simulate the recorded space: --space recording)" if args.space == "pipeline" else "")
         )
     stalled = sum(r["stalled"] for r in comparison.rows)
     if stalled:
@@ -129,7 +130,10 @@ def _simulate(args) -> int:
 
     (out / "simulation.md").write_text(rows_markdown(rows))
     print(f"plot: {out / 'regret.png'}\ntable: {out / 'simulation.md'}")
-    _log(args, cfg, recording, comparison, rows, figure, seeds)
+    if tracking is None:
+        print("not logged to MLflow (no --tracking-uri, $MLFLOW_TRACKING_URI or tracking.uri)")
+    else:
+        _log(tracking, args, cfg, comparison, rows, figure, seeds)
     return 0
 
 
@@ -154,16 +158,21 @@ def _warn_differences(cfg: PipelineConfig, meta: dict, space, recorded_keys: lis
         print(f"note: the recording did not vary {', '.join(unknown)}: lookups ignore them")
 
 
-def _log(args, cfg: PipelineConfig, recording, comparison, rows, figure, seeds: int) -> None:
-    """One MLflow run for the whole simulation, when a tracking URI is set."""
+def _tracking_store(args, cfg: PipelineConfig):
+    """The MLflow store the simulation is logged to, checked to answer; None when no URI is set."""
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
     if not uri:
-        print("not logged to MLflow (no --tracking-uri, $MLFLOW_TRACKING_URI or tracking.uri)")
-        return
+        return None
+    from sati.tracking.store import TrackingStore
+
+    return TrackingStore.open(uri)
+
+
+def _log(store, args, cfg: PipelineConfig, comparison, rows, figure, seeds: int) -> None:
+    """One MLflow run for the whole simulation: the table, the plot, per-strategy metrics."""
     from sati.provenance import file_sha256
     from sati.tracking import contract
     from sati.tracking.simulations import log_simulation, metric_key
-    from sati.tracking.store import TrackingStore
 
     metrics = {"target": comparison.target, "budget_h": comparison.budget_h}
     for r in comparison.rows:
@@ -178,8 +187,7 @@ def _log(args, cfg: PipelineConfig, recording, comparison, rows, figure, seeds: 
         "strategies": "; ".join(r["strategy"] for r in comparison.rows),
         "metric": cfg.train.selection_metric,
     }
-    store = TrackingStore.open(uri)
     tags = {contract.REPLAY_SHA256: file_sha256(Path(args.replay))}
     name = f"simulate-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = log_simulation(store, cfg.tracking.experiment, name, params, tags, metrics, rows, figure)
-    print(f"MLflow run {run_id} at {store.uri}", file=sys.stdout)
+    print(f"MLflow run {run_id} at {store.uri}")
