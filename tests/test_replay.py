@@ -28,7 +28,7 @@ from sati.replay.store import CurveStore
 from sati.search.space import load_space
 from sati.search.strategy import build_scheduler, build_searcher, tune_metric
 from sati.testing.pipelines import write_search_pipeline
-from sati.testing.processes import run_sati
+from sati.testing.processes import free_port, run_sati
 from sati.testing.recordings import write_hand_made_recording
 from sati.testing.searches import child_runs, parent_run_id
 from tests.conftest import REPO
@@ -350,7 +350,7 @@ def test_a_bad_recording_is_refused_with_one_error_line(tmp_path, capsys, case):
     assert not (tmp_path / "o").exists()
 
 
-def test_simulate_refuses_more_epochs_than_recorded_and_unknown_strategies(tmp_path, capsys):
+def test_simulate_refuses_too_many_epochs_unknown_strategies_and_an_unreachable_server(tmp_path, capsys):
     good = write_hand_made_recording(
         tmp_path / "good.parquet", _pipeline(tmp_path).with_name("space.yaml"), CONFIGS, CURVES
     )
@@ -358,6 +358,11 @@ def test_simulate_refuses_more_epochs_than_recorded_and_unknown_strategies(tmp_p
     assert "its trials ran at most 4 epochs; the pipeline asks for train.epochs = 5" in capsys.readouterr().err
     assert main(["simulate", str(_pipeline(tmp_path)), "--replay", str(good), "--sampler", "bayes"]) == 2
     assert "search.sampler = 'bayes'" in capsys.readouterr().err
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    argv = ["simulate", str(_pipeline(tmp_path)), "--replay", str(good), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--tracking-uri", unreachable]) == 2
+    assert f"{unreachable}: MLflow server not reachable" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before any replay
 
 
 def test_the_replay_modules_leave_torch_unimported():

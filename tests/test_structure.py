@@ -33,6 +33,7 @@ def _imports_any(path: Path, prefixes: tuple[str, ...]) -> list[str]:
         ("model", ("sati.data", "sati.ingest", "sati.search", "sati.tracking", "sati.trainer")),
         ("data", ("sati.model", "sati.ingest", "sati.search", "sati.tracking", "sati.trainer")),
         ("tracking", ("sati.search", "sati.promote", "sati.cli", "sati.model", "sati.trainer", "ray")),
+        ("replay", ("sati.model", "sati.trainer", "sati.data", "sati.cli", "torch")),
     ],
 )
 def test_rooms_import_in_one_direction(room, forbidden):

@@ -66,6 +66,7 @@ def _simulate(args) -> int:
     from sati.replay.store import CurveStore
     from sati.replay.sweep import check_grid, compare, strategy_grid, sweep
     from sati.search.space import load_space
+    from sati.tables import rows_markdown
 
     cfg = load_pipeline(args.pipeline, args.overrides)
     grid, seeds = _grid(args)
@@ -84,22 +85,7 @@ def _simulate(args) -> int:
     check_grid(cfg, strategies, "sati simulate")
     metric, mode = cfg.train.selection_metric, cfg.train.selection_direction
 
-    print(f"replay: {args.replay}: {recording.describe()}")
-    spacing = (
-        f"out of support beyond d95 = {store.d95:.3g} (unit-range distance)"
-        if store.d95 > 0
-        else "no two recorded configurations share their categorical values, so every lookup but an exact one "
-        "is out of support"
-    )
-    print(
-        f"lookup: nearest recorded configuration in the space's own scale (categoricals must match); {spacing}; "
-        f"{len(store.curves)} curves serve"
-    )
-    _warn_differences(cfg, recording.meta, space, recording.space.keys)
-    print(
-        f"simulating {len(strategies)} strategies × {seeds} seeds of {args.pipeline} ({metric}, {mode}, "
-        f"{cfg.train.epochs} epochs); cost in {store.unit} (recorded seconds × {store.resource} per trial)"
-    )
+    _print_setup(args, cfg, recording, store, space, len(strategies), seeds)
     started = time.perf_counter()
     runs = sweep(cfg, space, store, strategies, seeds, progress=print)
     comparison = compare(runs, strategies[0], mode, store.best_recorded())
@@ -126,8 +112,6 @@ def _simulate(args) -> int:
     title = f"{Path(args.replay).name}: {seeds} seeds per strategy, {metric} ({mode})"
     figure = regret_figure(runs, comparison, mode, store.unit, metric, title)
     figure.savefig(out / "regret.png", bbox_inches="tight", dpi=110)
-    from sati.tables import rows_markdown
-
     (out / "simulation.md").write_text(rows_markdown(rows))
     print(f"plot: {out / 'regret.png'}\ntable: {out / 'simulation.md'}")
     if tracking is None:
@@ -135,6 +119,28 @@ def _simulate(args) -> int:
     else:
         _log(tracking, args, cfg, comparison, rows, figure, seeds)
     return 0
+
+
+def _print_setup(args, cfg: PipelineConfig, recording, store, space, strategies: int, seeds: int) -> None:
+    """What is replayed, how lookups work, where the problems differ, what is simulated."""
+    metric, mode = cfg.train.selection_metric, cfg.train.selection_direction
+    print(f"replay: {args.replay}: {recording.describe()}")
+    spacing = (
+        f"out of support beyond d95 = {store.d95:.3g} (unit-range distance)"
+        if store.d95 > 0
+        else "no two recorded configurations share their categorical values, so every lookup but an exact one "
+        "is out of support"
+    )
+    left_out = f" ({store.cut_short} cut short before {cfg.train.epochs} epochs left out)" if store.cut_short else ""
+    print(
+        f"lookup: nearest recorded configuration in the space's own scale (categoricals must match); {spacing}; "
+        f"{len(store.curves)} curves serve{left_out}"
+    )
+    _warn_differences(cfg, recording.meta, space, recording.space.keys)
+    print(
+        f"simulating {strategies} strategies × {seeds} seeds of {args.pipeline} ({metric}, {mode}, "
+        f"{cfg.train.epochs} epochs); cost in {store.unit} (recorded seconds × {store.resource} per trial)"
+    )
 
 
 def _warn_differences(cfg: PipelineConfig, meta: dict, space, recorded_keys: list[str]) -> None:

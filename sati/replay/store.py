@@ -106,12 +106,14 @@ class CurveStore:
         starts = np.flatnonzero(np.r_[True, trial[1:] != trial[:-1]])
         ends = np.r_[starts[1:], len(trial)]
         self.curves, configs, self.config_ids = [], [], []
+        self.cut_short = 0  # curves a scheduler (or an interrupted search) ended before the epochs replayed
         for a, b in zip(starts, ends):
             status, censored = str(cols["final_status"][a]), bool(cols["censored"][a])
             rows = slice(a, b) if cols["epoch"][a] > 0 else slice(a + 1, b)  # epoch 0: failed before reporting
             length = b - rows.start
             if censored and length < self.max_t:
-                continue  # cut short before the epochs a replayed trial may need
+                self.cut_short += 1
+                continue
             values = np.asarray(cols[self.metric][rows], dtype=float)
             times = np.asarray(cols["epoch_time_s"][rows], dtype=float)
             fails = status == "error" and length <= self.max_t
