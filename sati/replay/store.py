@@ -132,7 +132,9 @@ class CurveStore:
 
     def _signature(self, values: dict[str, Any]) -> tuple:
         """The categorical part: each choice's value, and which numeric keys are sampled."""
-        return tuple(repr(values[p.key]) if p.kind == "choice" else values[p.key] is None for p in self.space.params)
+        return tuple(
+            _category(values[p.key]) if p.kind == "choice" else values[p.key] is None for p in self.space.params
+        )
 
     def _coordinates(self, values: dict[str, Any]) -> list[float]:
         """Each numeric key in [0, 1] over its range, in log where the space is log (NaN when not sampled)."""
@@ -227,6 +229,13 @@ def _pairwise(points: np.ndarray) -> np.ndarray:
     """Euclidean distances [n, n] between rows, over the coordinates both have (NaN: not sampled)."""
     diff = points[:, None, :] - points[None, :, :]
     return np.sqrt(np.nansum(diff**2, axis=2))
+
+
+def _category(value: Any) -> str:
+    """A categorical value as compared: numbers by value (a Parquet column with nulls reads 2 as 2.0)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(float(value))
+    return repr(value)
 
 
 def _indices_by(keys: list) -> dict[Any, np.ndarray]:
