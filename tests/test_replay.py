@@ -246,7 +246,14 @@ def test_export_writes_every_trial_epoch_as_tune_and_mlflow_recorded_it(tmp_path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     space = {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}, "model.fbp_pool": {"choice": [1, 2]}}
     pipeline = write_search_pipeline(
-        tmp_path / "p.yaml", synth_path, tiny_encoder, uri, tmp_path / "ray", space, train={"epochs": 2}
+        tmp_path / "p.yaml",
+        synth_path,
+        tiny_encoder,
+        uri,
+        tmp_path / "ray",
+        space,
+        train={"epochs": 2},
+        search={"sampler": "random"},  # what a recording uses: a search samples at random when asked
     )
     out = run_sati(["search", str(pipeline)], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -278,7 +285,7 @@ def test_export_writes_every_trial_epoch_as_tune_and_mlflow_recorded_it(tmp_path
         assert all(r["epoch_time_s"] >= r["train_time_s"] > 0 for r in mine)
     meta = recording.meta
     assert (meta["metric"], meta["mode"], meta["max_t"]) == ("valid/mae", "min", 2)
-    assert meta["scheduler"]["scheduler"] == "asha" and meta["searcher"]["sampler"] == "tpe"
+    assert meta["scheduler"]["scheduler"] == "asha" and meta["searcher"]["sampler"] == "random"
     assert {p["key"]: p["kind"] for p in meta["space"]} == {"train.lr": "loguniform", "model.fbp_pool": "choice"}
     assert meta["versions"]["torch"] and meta["git_commit"] and meta["data_checksum"]
     sidecar = (tmp_path / "a.parquet.json").read_text()

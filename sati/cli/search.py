@@ -71,7 +71,7 @@ def export_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("target", metavar="SEARCH_DIR_OR_RUN_ID", help="the search directory or its MLflow parent run id")
     p.add_argument(
-        "--out", required=True, help="the recording to write (.parquet; its metadata also goes to FILE.json)"
+        "--out", required=True, metavar="FILE.parquet", help="the recording (its metadata also in FILE.parquet.json)"
     )
     add_tracking_uri(p, "with a run id: the MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
     p.set_defaults(run=_export)
