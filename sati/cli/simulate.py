@@ -64,7 +64,7 @@ def _simulate(args) -> int:
     from sati.replay.recording import read_recording
     from sati.replay.report import LIMITS, legend, regret_figure, table_rows, text_table
     from sati.replay.store import CurveStore
-    from sati.replay.sweep import check_grid, compare, strategy_grid, sweep
+    from sati.replay.sweep import check_grid, compare, lookup_summary, strategy_grid, sweep
     from sati.search.space import load_space
     from sati.tables import rows_markdown
 
@@ -94,6 +94,7 @@ def _simulate(args) -> int:
     print(text_table(rows))
     print()
     print(textwrap.fill(legend(comparison, store.unit, metric), 120))
+    print(lookup_summary(runs, store.d95))
     outside = max(r["out_of_support"] for r in comparison.rows)
     if outside > 0.5:
         print(

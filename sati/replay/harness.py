@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,10 +84,6 @@ class Trajectory:
         """The best value reported so far, after each result [R]."""
         pick = np.fmin if mode == "min" else np.fmax
         return pick.accumulate(self.value) if len(self.value) else self.value
-
-    def final_best(self, mode: str) -> float:
-        inc = self.incumbent(mode)
-        return float(inc[-1]) if len(inc) else math.nan
 
 
 class _Slot:

@@ -25,7 +25,7 @@ import numpy as np
 
 from sati.config import ConfigError, PipelineConfig, read_yaml_mapping
 from sati.replay.harness import replay_search
-from sati.replay.store import CurveStore
+from sati.replay.store import SOURCES, CurveStore
 from sati.search.space import SearchSpace
 from sati.seeding import derive_seed
 
@@ -108,6 +108,7 @@ class Run:
     trials: int
     epochs: int
     lookups: Counter
+    distances: np.ndarray  # of each lookup to the recorded configuration it served
     stalled: bool
 
     @property
@@ -162,6 +163,7 @@ def sweep(
                     trials=len(trajectory.trials),
                     epochs=len(trajectory.value),
                     lookups=Counter(trajectory.lookups.lookups),
+                    distances=np.array(trajectory.lookups.distances),
                     stalled=trajectory.stalled,
                 )
             )
@@ -212,6 +214,15 @@ def compare(runs: dict[Strategy, list[Run]], reference: Strategy, mode: str, bes
             }
         )
     return Comparison(reference, target, budget, best_recorded, rows)
+
+
+def lookup_summary(runs: dict[Strategy, list[Run]], d95: float) -> str:
+    """Every lookup of the sweep: how many exact, nearest and out of support, and their distances."""
+    counts = sum((r.lookups for group in runs.values() for r in group), Counter())
+    d = np.concatenate([r.distances for group in runs.values() for r in group])
+    shares = ", ".join(f"{100 * counts[s] / max(len(d), 1):.0f} % {s.replace('_', ' ')}" for s in SOURCES)
+    spread = f"distance p50 {np.median(d):.3g}, p95 {np.percentile(d, 95):.3g} (d95 {d95:.3g})" if len(d) else ""
+    return f"lookups: {len(d)} ({shares}); {spread}"
 
 
 def regret_curves(
