@@ -372,6 +372,27 @@ def test_simulate_refuses_too_many_epochs_unknown_strategies_and_an_unreachable_
     assert not (tmp_path / "o").exists()  # refused before any replay
 
 
+def test_a_grid_file_expands_to_strategies_with_the_reference_first(tmp_path):
+    from sati.config import ConfigError
+    from sati.replay.sweep import load_grid, strategy_grid
+
+    path = tmp_path / "grid.yaml"
+    path.write_text("sampler: tpe\nscheduler: [fifo, asha, hyperband]\ngrace_period: [1, 2]\nseeds: 3\n")
+    grid = load_grid(path)
+    assert grid.pop("seeds") == 3
+    cfg = from_dict({"search": {"num_samples": 8, "max_concurrent": 2, "reduction_factor": 3}}, "test")
+    assert [s.label for s in strategy_grid(cfg, grid)] == [
+        "random fifo n8 c2",  # the reference, always there
+        "tpe fifo n8 c2",  # grace and reduction collapse where the scheduler has none
+        "tpe asha g1 rf3 n8 c2",
+        "tpe asha g2 rf3 n8 c2",
+        "tpe hyperband rf3 n8 c2",
+    ]
+    path.write_text("schedulr: [asha]\n")
+    with pytest.raises(ConfigError, match="grid.yaml: unknown key 'schedulr'"):
+        load_grid(path)
+
+
 def test_the_replay_modules_leave_torch_unimported():
     code = (
         "import sys, sati.replay.harness, sati.replay.lockstep, sati.replay.sweep, sati.replay.report; "
