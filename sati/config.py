@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import os
 import types
 import typing
 import warnings
@@ -276,22 +277,132 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> PipelineConfig:
-    """Read a pipeline YAML, apply ``key=value`` overrides, and validate everything.
+    """Read a pipeline YAML and the files it ``extends``, apply ``key=value`` overrides, validate everything.
 
-    Input files the pipeline names (``search.space``, a local ``model.text_encoder`` folder) are read
-    relative to the pipeline file; an override's path is relative to the working directory, as are
-    outputs (``data.path`` to generate, ``train.out_dir``, ``search.storage_path``, the local MLflow store)."""
-    path = Path(path)
-    cfg = from_dict(_inputs_beside(read_yaml_mapping(path, "pipeline"), path.parent), str(path))
+    Input files a pipeline file names (``search.space``, a local ``model.text_encoder`` folder) are read
+    relative to the file that names them (the pipeline or a file it extends); an override's path is relative
+    to the working directory, as are outputs (``data.path`` to generate, ``train.out_dir``,
+    ``search.storage_path``, the local MLflow store)."""
+    return load_composed(path, overrides)[0]
+
+
+def load_composed(
+    path: str | Path, overrides: list[str] | dict[str, Any] | None = None
+) -> tuple[PipelineConfig, tuple[str, ...]]:
+    """``load_pipeline``'s config and the files that composed it, in merge order (``path`` last)."""
+    composed = compose_pipeline(path)
+    cfg = from_dict(composed.tree, composed.source)
     if overrides:
         cfg = cfg.replace(
-            parse_overrides(overrides) if isinstance(overrides, list) else overrides, source=f"{path} (--set)"
+            parse_overrides(overrides) if isinstance(overrides, list) else overrides,
+            source=f"{composed.files[-1]} (--set)",
         )
-    return cfg
+    return cfg, composed.files
+
+
+# --------------------------------------------------------------------------------------------
+# Composition: a pipeline file may extend others (``extends: [base.yaml, scale/cluster.yaml]``)
+
+EXTENDS = "extends"  # the top-level key of a pipeline file that names the files it builds on
+MAX_EXTENDS_DEPTH = 16  # files extending files: a deeper chain is refused, not a recursion error
+_SECTIONS = frozenset(f.name for f in dataclasses.fields(PipelineConfig))
+
+
+@dataclass(frozen=True)
+class ComposedPipeline:
+    """A pipeline file merged over the files it extends: ``tree`` is the raw mapping (each file's keys
+    checked against the schema and named with that file; input paths absolute), ``files`` the files
+    merged, in order, the named file last."""
+
+    tree: dict
+    files: tuple[str, ...]
+
+    @property
+    def source(self) -> str:
+        """How errors about the merged whole (checks across keys) name it."""
+        *bases, top = self.files
+        return f"{top} (extends {', '.join(bases)})" if bases else top
+
+
+def compose_pipeline(path: str | Path) -> ComposedPipeline:
+    """Merge ``path`` over the files it extends, depth first and in the order listed (each file
+    once, where it is first reached), then its own keys. Mappings merge key by key; any other value
+    (a list, a null) replaces the one before. A section left empty (``model:`` with nothing under it)
+    changes nothing. Include cycles, missing files and unknown keys are named errors."""
+    path = Path(os.path.normpath(path))
+    layers = _layers(path, None, (), set())
+    tree: dict = {}
+    for _source, own in layers:
+        tree = _deep_merge(tree, own)
+    return ComposedPipeline(tree, tuple(source for source, _ in layers))
+
+
+def _layers(path: Path, extended_by: Path | None, chain: tuple[Path, ...], merged: set[Path]) -> list[tuple[str, dict]]:
+    """(file, its own checked keys) for ``path`` and every file it extends, in merge order.
+
+    ``chain`` holds the files that led here (for cycles), ``merged`` the files already merged (a file
+    reached twice is merged once)."""
+    real = path.resolve()
+    source = f"{path} (extended by {extended_by})" if extended_by else str(path)
+    try:
+        raw = read_yaml_mapping(path, "pipeline")
+    except ConfigError as err:
+        raise ConfigError(f"{err} (extended by {extended_by})" if extended_by else str(err)) from None
+    layers: list[tuple[str, dict]] = []
+    for name in _extends_names(raw.pop(EXTENDS, None), source):
+        included = path.parent / name
+        shown = Path(os.path.normpath(included))
+        if included.resolve() in {p.resolve() for p in (*chain, path)}:
+            cycle = " -> ".join(str(p) for p in (*chain, path, shown))
+            raise ConfigError(f"{source}: extends '{name}': an include cycle ({cycle})")
+        if included.resolve() in merged:
+            continue
+        if not included.is_file():
+            raise ConfigError(f"{source}: extends '{name}': no such file ({shown})")
+        if len(chain) + 1 >= MAX_EXTENDS_DEPTH:
+            raise ConfigError(f"{source}: extends '{name}': more than {MAX_EXTENDS_DEPTH} files deep")
+        layers += _layers(shown, path, (*chain, path), merged)
+    layers.append((str(path), _own_keys(raw, path, source)))
+    merged.add(real)
+    return layers
+
+
+def _extends_names(value: Any, source: str) -> list[str]:
+    """The file names of an ``extends`` value: one name or a list of them."""
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(
+            f"{source}: {EXTENDS} = {value!r}: expected a pipeline file or a list of them, relative to this file"
+        )
+    return names
+
+
+def _own_keys(raw: dict, path: Path, source: str) -> dict:
+    """One file's keys, renamed, with its input paths made absolute, and checked (an error names ``source``)."""
+    for key in raw:
+        if key not in _SECTIONS and difflib.get_close_matches(str(key), [EXTENDS], n=1, cutoff=0.75):
+            raise ConfigError(f"{source}: unknown key '{key}'; did you mean '{EXTENDS}'?")
+    own = _inputs_beside(_rename_keys(raw, source), path.parent)
+    _build(PipelineConfig, own, source, "")  # types and ranges of what this file sets; checks across keys come last
+    return own
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``: mappings key by key, anything else replaced; a null
+    where ``base`` has a mapping (an empty section) keeps ``base``'s."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(out.get(key), dict) and (value is None or isinstance(value, dict)):
+            out[key] = _deep_merge(out[key], value or {})
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def _inputs_beside(raw: dict, folder: Path) -> dict:
-    """``raw`` with relative input paths made absolute against ``folder`` (the pipeline file's)."""
+    """``raw`` with relative input paths made absolute against ``folder`` (that of the file that sets them)."""
     raw = copy.deepcopy(raw)
     search, model = raw.get("search"), raw.get("model")
     if isinstance(search, dict) and isinstance(search.get("space"), str) and not Path(search["space"]).is_absolute():
