@@ -30,6 +30,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from sati.config import load_pipeline
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -114,7 +116,8 @@ def _script(service: dict) -> str:
 
 
 def _pipeline() -> dict:
-    return yaml.safe_load(PIPELINE.read_text())
+    """pipelines/mosi.yaml resolved (merged over the files it extends), as sati runs it."""
+    return load_pipeline(PIPELINE).to_dict()
 
 
 def _compose_default_image() -> str:
@@ -440,7 +443,7 @@ def test_ray_services_log_in_to_mlflow_with_their_own_non_admin_account(dummy_co
     # ... with EDIT on the experiment of every pipeline of the repository.
     experiments = env["SATI_MLFLOW_EXPERIMENTS"].split(",")
     for path in sorted((ROOT / "pipelines").glob("*.yaml")):
-        experiment = yaml.safe_load(path.read_text())["tracking"]["experiment"]
+        experiment = load_pipeline(path).tracking.experiment
         assert experiment in experiments, f"{path.name}: experiment {experiment} is not in SATI_MLFLOW_EXPERIMENTS"
 
 
