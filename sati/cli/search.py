@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from sati.cli.options import add_overrides, add_tracking_uri
-from sati.config import ConfigError, load_pipeline
+from sati.config import ConfigError, load_composed
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +56,8 @@ def _search(args) -> int:
         if not args.pipeline:
             raise ConfigError("sati search: give a pipeline YAML, or --resume SEARCH_DIR_OR_RUN_ID")
         overrides = list(args.overrides) + ([f"search.ray_address={args.address}"] if args.address else [])
-        outcome = run_search(load_pipeline(args.pipeline, overrides), check_only=args.check)
+        cfg, files = load_composed(args.pipeline, overrides)
+        outcome = run_search(cfg, check_only=args.check, pipeline_files=files)
         if args.check:
             return 0
     return 0 if outcome.best else 1

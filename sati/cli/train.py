@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from sati.cli.options import add_overrides
-from sati.config import load_pipeline
+from sati.config import load_composed, load_pipeline
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +36,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _config(args) -> int:
     import yaml
 
-    print(yaml.safe_dump(load_pipeline(args.pipeline, args.overrides).to_dict(), sort_keys=False), end="")
+    cfg, files = load_composed(args.pipeline, args.overrides)
+    if len(files) > 1:
+        print(f"# {files[-1]}, merged over the files it extends: {', '.join(files[:-1])}")
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
 
 

@@ -62,10 +62,14 @@ def check_inputs(cfg: PipelineConfig) -> tuple[PipelineConfig, SearchSpace, Trac
 
 
 def run_search(
-    cfg: PipelineConfig, console: Callable[[str], None] = print, check_only: bool = False
+    cfg: PipelineConfig,
+    console: Callable[[str], None] = print,
+    check_only: bool = False,
+    pipeline_files: tuple[str, ...] = (),
 ) -> SearchOutcome | None:
     """Run a new search; the experiment state lives in ``<search.storage_path>/<name>``. The pre-flight
-    runs once Ray is up and before the MLflow parent run exists; ``check_only`` stops after it."""
+    runs once Ray is up and before the MLflow parent run exists; ``check_only`` stops after it.
+    ``pipeline_files`` (the files ``cfg`` was composed of) are recorded with the search."""
     cfg, space, store = check_inputs(cfg)
     with ray_session(cfg.search.ray_address):
         run_preflight(cfg, embedded=not cfg.search.ray_address, console=console)
@@ -89,6 +93,7 @@ def run_search(
             model_name=cfg.registry.model_name,
             git_commit=commit,
             versions=versions(),
+            pipeline_files=pipeline_files,
         )
         state = {
             "parent_run_id": parent,
@@ -98,6 +103,7 @@ def run_search(
             "space_sha256": file_sha256(Path(cfg.search.space)),
             "experiments": [name],  # Tune experiments of this search: the first, then one per --extend
             "planned": cfg.search.num_samples,
+            "pipeline_files": list(pipeline_files),
         }
         write_search_state(search_dir, state)
         console(f"search {name}: MLflow parent run {parent} in experiment '{cfg.tracking.experiment}' at {store.uri}")

@@ -52,6 +52,7 @@ BEST_TRIAL_RUN = "sati.best_trial_run_id"  # search
 BEST = "sati.best"  # trial: "true" on the search's best trial
 EPOCHS = "sati.epochs"  # trial: epochs it trained
 STOPPED_REASON = "sati.stopped_reason"  # search: why it ran fewer trials than asked (a budget)
+PIPELINE_FILES = "sati.pipeline_files"  # search: the pipeline file and the files it extends, in merge order
 CHECKPOINT_URI = "sati.checkpoint_uri"  # trial: its best.pt in the search's storage (Tune's checkpoint)
 CHECKPOINT_EPOCH = "sati.checkpoint_epoch"  # trial: the epoch of its newest checkpoint Tune holds (resumes after it)
 CANDIDATE_RUN = "sati.candidate_run_id"  # confirmation trial: the search trial it retrains

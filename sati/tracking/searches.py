@@ -34,9 +34,10 @@ def start_search_run(
     model_name: str | None,
     git_commit: str,
     versions: dict[str, str],
+    pipeline_files: tuple[str, ...] = (),
 ) -> str:
     """Create the search's parent run with the resolved pipeline (``params`` flattened), the space file
-    and provenance; returns its id."""
+    and provenance (``pipeline_files``: the files the pipeline was composed of); returns its id."""
     tags = {
         c.ROLE: c.Role.SEARCH.value,
         c.SEARCH_DIR: search_dir,
@@ -45,6 +46,7 @@ def start_search_run(
         c.SELECTION_METRIC: metric,
         c.SELECTION_MODE: mode,
         **({c.MODEL_NAME: model_name} if model_name else {}),
+        **({c.PIPELINE_FILES: ", ".join(pipeline_files)} if pipeline_files else {}),
         **{c.version_tag(k): v for k, v in versions.items()},
     }
     run_id = store.create_run(store.experiment_id(experiment), name, tags)
