@@ -187,15 +187,20 @@ def test_search_logs_parent_and_trial_runs(tmp_path, synth_path, tiny_encoder, m
         mlflow_server.uri,
         tmp_path / "ray",
         {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}, "loss.temporal_weight": {"loguniform": [0.1, 100.0]}},
-        search={"study_storage": f"sqlite:///{tmp_path / 'optuna.db'}"},
     )
-    out = run_sati(["search", str(pipeline)], cwd=tmp_path)
+    top = tmp_path / "top.yaml"  # composed of two files: the search records both
+    top.write_text(f"extends: p.yaml\nsearch: {{study_storage: 'sqlite:///{tmp_path / 'optuna.db'}'}}\n")
+    out = run_sati(["search", str(top)], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "best trials (validation):" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout
     client = MlflowClient(mlflow_server.uri)
     parent_id = parent_run_id(out.stdout)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sati.pipeline_files"] == f"{pipeline}, {top}"
+    state = json.loads((Path(parent.data.tags["sati.search_dir"]) / "sati_search.json").read_text())
+    assert state["pipeline_files"] == [str(pipeline), str(top)]
+    assert state["pipeline"]["search"]["study_storage"] == f"sqlite:///{tmp_path / 'optuna.db'}"  # merged
     assert parent.data.params["train.epochs"] == "3" and parent.data.tags["sati.data_checksum"]
     assert parent.data.tags["sati.git_commit"] and parent.data.tags["sati.version.torch"]
     parent_files = _all_artifacts(client, parent_id)
