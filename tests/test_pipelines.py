@@ -285,3 +285,23 @@ def test_sati_config_prints_the_merged_pipeline_and_its_files(capsys):
     assert yaml.safe_load(out) == load_pipeline(PIPELINES / "mosei.yaml").to_dict()
     assert main(["config", str(PIPELINES / "quickstart.yaml")]) == 0  # one file: the YAML alone, as before
     assert not capsys.readouterr().out.startswith("#")
+
+
+def test_docs_name_real_keys_and_show_what_sati_config_prints(capsys, monkeypatch):
+    """docs/pipelines.md: every dotted key it names exists, and the first line it quotes is the real one."""
+    import re
+
+    from sati.config import valid_keys
+
+    doc = (REPO / "docs" / "pipelines.md").read_text()
+    sections = {k.split(".")[0] for k in valid_keys()}
+    named = {k for k in re.findall(r"`([a-z_]+\.[a-z_.]+)[`=]", doc) if k.split(".")[0] in sections}
+    keys = set(valid_keys()) | {k.rsplit(".", 1)[0] for k in valid_keys()}
+    assert named and not {k for k in named if k not in keys and k not in ("search.metric", "search.mode")}
+    rows = re.findall(r"^\| `([a-z]+)` \|.*\| (`.*`) \|$", doc, flags=re.M)  # the sections table
+    assert {section for section, _ in rows} == sections - {"name", "seed"}
+    for section, listed in rows:
+        assert {f"{section}.{k}" for k in re.findall(r"`([a-z_]+)`", listed)} <= keys, section
+    monkeypatch.chdir(REPO)
+    assert main(["config", "pipelines/mosi.yaml"]) == 0
+    assert f"`{capsys.readouterr().out.splitlines()[0]}`" in doc
