@@ -122,11 +122,13 @@ def save_checkpoint(
     frozen: dict[str, Any] | None,
     precision: str,
     model_ref: dict[str, str] | None = None,
+    missing_modalities: tuple[str, ...] = (),
 ) -> str:
     """Write ``path`` (and its JSON sidecar) atomically; returns the file's sha256.
 
     ``state`` is trainer bookkeeping (plain values); ``model_ref`` ({"file", "sha256"}) replaces the
-    weights with a reference to a checkpoint beside this one that holds them."""
+    weights with a reference to a checkpoint beside this one that holds them; ``missing_modalities``
+    are those the training data lacked in every sample (inputs without a data file lack them too)."""
     path = Path(path)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -135,6 +137,7 @@ def save_checkpoint(
         "metrics": metrics,
         "versions": versions(),
         "precision": precision,
+        "missing_modalities": list(missing_modalities),
         "frozen": frozen,
         "model_ref": model_ref,
         "state": state,
@@ -162,6 +165,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: not a SATI checkpoint (format_version {FORMAT_VERSION} expected)")
     ckpt.setdefault("frozen", None)
     ckpt.setdefault("precision", None)
+    ckpt.setdefault("missing_modalities", [])  # not recorded before per-sample absence
     if ckpt["model"] is None and ckpt.get("model_ref"):
         ckpt["model"] = _referenced_weights(path, ckpt["model_ref"], map_location)
     return ckpt
