@@ -182,9 +182,10 @@ def _referenced_weights(path: Path, ref: dict[str, str], map_location) -> dict:
     )
 
 
-def restore_model(model: torch.nn.Module, ckpt: dict, source: str | Path) -> None:
+def restore_model(model: torch.nn.Module, ckpt: dict, source: str | Path, built_from: str | None = None) -> None:
     """Load ``ckpt``'s weights into a freshly built ``model``: trainable tensors from the checkpoint,
-    frozen ones as the model was built (from the named encoder), checked against the recorded hash."""
+    frozen ones as the model was built (from the named encoder), checked against the recorded hash.
+    ``built_from`` names the text encoder the model was built from (default: the one the checkpoint names)."""
     frozen = ckpt.get("frozen")
     if frozen is None:
         model.load_state_dict(ckpt["model"])
@@ -194,7 +195,7 @@ def restore_model(model: torch.nn.Module, ckpt: dict, source: str | Path) -> Non
         raise CheckpointError(
             f"{source}: the frozen text encoder does not match: the checkpoint was trained with "
             f"{frozen['text_encoder']!r} whose frozen weights hash to {frozen['sha256']}, but "
-            f"{frozen['resolved']!r} here hashes to {have}"
+            f"{built_from or frozen['resolved']!r} here hashes to {have}"
         )
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if unexpected or set(missing) != set(frozen_names(model)):

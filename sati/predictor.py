@@ -138,7 +138,7 @@ class SATIPredictor:
             text_feature_dim=text_dim if self.precomputed else 0,
             pretrained_text=self.frozen is not None,  # frozen weights come from the encoder, the rest from the file
         )
-        restore_model(self.model, ckpt, checkpoint)
+        restore_model(self.model, ckpt, checkpoint, built_from=cfg.model.text_encoder)
         self.model.to(self.device).eval()
         self.tokenizer = None if self.precomputed else load_tokenizer(text_encoder or cfg.model.text_encoder)
 
@@ -186,9 +186,10 @@ def predictions_frame(ids: list[str], scores: np.ndarray) -> pd.DataFrame:
 
 def _matrix(value, row: str, column: str, dim: int) -> np.ndarray:
     try:
-        x = np.asarray(
-            value if not isinstance(value, np.ndarray) or value.dtype != object else list(value), dtype=np.float32
-        )
+        with np.errstate(over="ignore"):  # beyond float32: ±inf, refused with the row's name (check_finite_inputs)
+            x = np.asarray(
+                value if not isinstance(value, np.ndarray) or value.dtype != object else list(value), dtype=np.float32
+            )
     except (TypeError, ValueError):
         raise DataError(f"input row {row}: column '{column}' must be a [T, {dim}] list of lists of numbers") from None
     if x.ndim != 2 or x.shape[1] != dim or x.shape[0] < 1:
