@@ -28,6 +28,7 @@ from sati.data.h5format import (
 from sati.data.synth import generate
 from sati.data.tokens import tokenize
 from sati.evaluation import Condition, perturb
+from sati.ingest.inspection import inspect_dataset
 from sati.ingest.prepare import prepare_dataset
 from sati.ingest.readers.sdk import read_sdk
 from sati.model import SATI
@@ -182,6 +183,8 @@ def test_sdk_videos_without_features_are_absent_per_sample(tmp_path):
     prepared = prepare_dataset("sdk", folder, out, text_csv=folder / "label.csv", audio_dim=2, video_dim=3, log=print)
     assert read_split(out, "train").present.tolist() == train.present.tolist()
     assert read_info(out).missing_modalities == ("video",) and verify_checksum(out) == prepared.checksum
+    lines, ok = inspect_dataset(out)
+    assert ok and "absent    audio in 2 of 8 samples (marked per sample; the model shuts those streams)" in lines
 
     write_csd(folder / "CMU_MOSEI_COVAREP.csd", "COVAREP", {"zz": frames})
     with pytest.raises(ValueError, match=r"COVAREP\.csd: no entry for any video of the labels"):
