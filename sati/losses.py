@@ -11,9 +11,9 @@ samples that have it, and stays the mean over the three pairs (a pair with a sid
 L_dom keeps its three classes, each (code type, modality) cross-entropy averaged over the samples that have
 the modality and at least one other (a sample with one modality has nothing to tell apart), and adds 0 for a
 group no such sample has (no such sample at all: the term is 0, regulariser included); L_ti and L_rec
-average over the samples that have the modality. With every piece present each
-term is the paper's exactly; with one sample lacking audio each term equals the term computed on the batch
-without that sample's audio codes (tests/test_losses.py).
+average over the samples that have the modality. With every piece present each term is the paper's; with
+one sample lacking audio each term equals the term computed on the batch without that sample's audio
+pieces (tests/test_losses.py).
 """
 
 from __future__ import annotations
