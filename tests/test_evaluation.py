@@ -187,8 +187,9 @@ def test_checkpoints_record_the_precision_they_were_trained_in(make_config):
     assert SATIPredictor(bf16.best_checkpoint, device="cpu").precision == "bf16"  # bf16 autocast on the CPU
 
 
-def test_metrics_see_float32_predictions_under_bf16_autocast(tiny_encoder):
-    """Under bf16 autocast (CPU here; CUDA's `auto` precision is the same autocast) the encoders and fusion
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_metrics_see_float32_predictions_under_bf16_autocast(tiny_encoder, device):
+    """Under bf16 autocast (on CPU; on CUDA where there is one: `auto` precision) the encoders and fusion
     compute in bf16, but the predictions that evaluation, selection, the reload check and reported metrics
     read are float32 and equal the head computed in fp32 from the fused steps: never rounded to bf16
     (which moves a score by up to 2^-8 of it, 1.43882 → 1.44531)."""
@@ -208,27 +209,30 @@ def test_metrics_see_float32_predictions_under_bf16_autocast(tiny_encoder):
     dataset = SplitDataset(arrays, tokenize(load_tokenizer(str(tiny_encoder)), arrays.text, 50))
     torch.manual_seed(0)
     cfg = ModelConfig(text_encoder=str(tiny_encoder), hidden_size=32, encoder_feedforward=64, fusion_feedforward=64)
-    model = SATI(cfg, AblationConfig(), arrays.audio.shape[-1], arrays.video.shape[-1])
+    model = SATI(cfg, AblationConfig(), arrays.audio.shape[-1], arrays.video.shape[-1]).to(device)
     fused, dtypes = [], set()
     hooks = [
         model.fusion.register_forward_hook(lambda _m, _i, out: fused.append(out.detach())),
         model.cross_audio.q.register_forward_hook(lambda _m, _i, out: dtypes.add(out.dtype)),
     ]
-    cpu = torch.device("cpu")
+    device = torch.device(device)
     try:
-        scores = predict(model, dataset, 16, cpu, "bf16")
+        scores = predict(model, dataset, 16, device, "bf16")
     finally:
         for hook in hooks:
             hook.remove()
     assert dtypes == {torch.bfloat16}  # the model did run under bf16 autocast
     assert scores.dtype == np.float32
     with torch.no_grad():  # the head in fp32, outside autocast, on what the fusion layer produced
-        masks = [batch.mask for batch in make_loader(dataset, 16, shuffle=False)]
-        head = torch.cat([model.head(masked_mean(z.float(), m)).squeeze(-1) for z, m in zip(fused, masks)]).numpy()
+        masks = [batch.mask.to(device) for batch in make_loader(dataset, 16, shuffle=False)]
+        head = torch.cat([model.head(masked_mean(z.float(), m)).squeeze(-1) for z, m in zip(fused, masks)]).cpu()
+    head = head.numpy()
     np.testing.assert_allclose(scores, head, rtol=1e-6, atol=1e-7)
     bf16 = torch.from_numpy(scores).bfloat16().float().numpy()
     assert np.abs(bf16 - scores).max() > 1e-4  # rounding them to bf16 would have shown
-    assert split_metrics(model, dataset, "valid", 16, cpu, "bf16") == regression_metrics(head, arrays.labels, "valid")
+    assert split_metrics(model, dataset, "valid", 16, device, "bf16") == regression_metrics(
+        head, arrays.labels, "valid"
+    )
 
 
 # --------------------------------------------------------------------------------------------
