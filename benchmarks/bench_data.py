@@ -115,6 +115,7 @@ def main() -> None:
         read_info(out)
         t_open = time.perf_counter() - t0
         base = {
+            "format": 2,
             "name": "bench",
             "data": {"path": str(out), "max_text_tokens": 50},
             "model": {"text_encoder": str(tiny)},

@@ -59,6 +59,7 @@ def machine() -> str:
 
 def pipeline(work: Path, data: Path, epochs: int) -> dict:
     return {
+        "format": 2,
         "name": "mosi-text",
         "seed": 336,
         "data": {"path": str(data), "max_text_tokens": 50},

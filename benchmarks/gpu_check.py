@@ -216,7 +216,13 @@ def _raw_pipeline(plan: dict, **sections) -> dict:
     if plan["mode"] == "smoke":
         raw = small_pipeline(data, encoder, name="gpu-check", seed=1, train=train)
     else:
-        raw = {"name": "gpu-check", "seed": 1, "data": {"path": str(data)}, "model": {"text_encoder": str(encoder)}}
+        raw = {
+            "format": 2,
+            "name": "gpu-check",
+            "seed": 1,
+            "data": {"path": str(data)},
+            "model": {"text_encoder": str(encoder)},
+        }
         raw["train"] = train
     raw["train"]["out_dir"] = str(w / "runs" / "trainer")
     raw["tracking"] = {"uri": f"sqlite:///{w / 'mlflow.db'}", "experiment": "gpu-check"}

@@ -22,6 +22,7 @@ class Batch:
     mask: torch.Tensor  # [B, T] bool, text_mask | av_mask
     labels: torch.Tensor  # [B] float
     ids: list[str]
+    present: torch.Tensor  # [B, 3] bool, the modalities (text, audio, video) each sample has, from the data file
     text_ids: torch.Tensor | None = None  # [B, T] long, pad id past text_mask
     text_features: torch.Tensor | None = None  # [B, T, D_t] float, zero past text_mask
 

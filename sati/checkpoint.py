@@ -122,11 +122,13 @@ def save_checkpoint(
     frozen: dict[str, Any] | None,
     precision: str,
     model_ref: dict[str, str] | None = None,
+    missing_modalities: tuple[str, ...] = (),
 ) -> str:
     """Write ``path`` (and its JSON sidecar) atomically; returns the file's sha256.
 
     ``state`` is trainer bookkeeping (plain values); ``model_ref`` ({"file", "sha256"}) replaces the
-    weights with a reference to a checkpoint beside this one that holds them."""
+    weights with a reference to a checkpoint beside this one that holds them; ``missing_modalities``
+    are those the training data lacked in every sample (inputs without a data file lack them too)."""
     path = Path(path)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -135,6 +137,7 @@ def save_checkpoint(
         "metrics": metrics,
         "versions": versions(),
         "precision": precision,
+        "missing_modalities": list(missing_modalities),
         "frozen": frozen,
         "model_ref": model_ref,
         "state": state,
@@ -162,6 +165,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: not a SATI checkpoint (format_version {FORMAT_VERSION} expected)")
     ckpt.setdefault("frozen", None)
     ckpt.setdefault("precision", None)
+    ckpt.setdefault("missing_modalities", [])  # not recorded before per-sample absence
     if ckpt["model"] is None and ckpt.get("model_ref"):
         ckpt["model"] = _referenced_weights(path, ckpt["model_ref"], map_location)
     return ckpt
@@ -178,9 +182,10 @@ def _referenced_weights(path: Path, ref: dict[str, str], map_location) -> dict:
     )
 
 
-def restore_model(model: torch.nn.Module, ckpt: dict, source: str | Path) -> None:
+def restore_model(model: torch.nn.Module, ckpt: dict, source: str | Path, built_from: str | None = None) -> None:
     """Load ``ckpt``'s weights into a freshly built ``model``: trainable tensors from the checkpoint,
-    frozen ones as the model was built (from the named encoder), checked against the recorded hash."""
+    frozen ones as the model was built (from the named encoder), checked against the recorded hash.
+    ``built_from`` names the text encoder the model was built from (default: the one the checkpoint names)."""
     frozen = ckpt.get("frozen")
     if frozen is None:
         model.load_state_dict(ckpt["model"])
@@ -190,7 +195,7 @@ def restore_model(model: torch.nn.Module, ckpt: dict, source: str | Path) -> Non
         raise CheckpointError(
             f"{source}: the frozen text encoder does not match: the checkpoint was trained with "
             f"{frozen['text_encoder']!r} whose frozen weights hash to {frozen['sha256']}, but "
-            f"{frozen['resolved']!r} here hashes to {have}"
+            f"{built_from or frozen['resolved']!r} here hashes to {have}"
         )
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if unexpected or set(missing) != set(frozen_names(model)):

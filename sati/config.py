@@ -85,12 +85,14 @@ class ModelConfig:
     fusion_heads: int = _spec(1, ge=1)
     fusion_feedforward: int = _spec(2048, ge=1)
     reverse_grad_weight: float = _spec(1.0, ge=0.0, help="λ of the gradient-reversal layer")
-    absent_modalities: Literal["skip", "fuse"] = _spec(
-        "skip",
-        help="audio or video stored as zeros (a dataset without it, e.g. text-only MOSI, or a dropped modality) is "
-        "absent. skip: a sample's absent stream is shut (gate 0) and a modality absent from the whole batch is left "
-        "out of the consistency, domain and temporal terms, so the text signal is never diluted by a constant "
-        "stream or collapsed onto constant codes; fuse: treat zeros as real features",
+    absent_modalities: Literal["file", "fuse", "zeros"] = _spec(
+        "file",
+        help="file: a modality the dataset file marks absent for a sample (a source without it, e.g. text-only "
+        "MOSI, or `sati evaluate --drop`) is shut for that sample (gate 0) and its pieces are left out of every "
+        "loss term; a sample whose features are zeros but present is fused like any other; fuse: absence is "
+        "ignored, zeros are fused as features; zeros: format 1's `skip`, kept to run models trained with it: "
+        "a sample whose audio or video is all zeros has that stream shut, and only a modality the whole batch "
+        "lacks is left out of the consistency, domain and temporal terms",
     )
 
 
@@ -235,8 +237,18 @@ class RegistryConfig:
     model_name: str | None = None
 
 
+CONFIG_FORMAT = 2  # the format version new configs are written in (top-level key `format`)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
+    format: int = _spec(
+        CONFIG_FORMAT,
+        ge=1,
+        le=CONFIG_FORMAT,
+        help="format version of this config; a config without it is format 1 and loads with the behaviour "
+        "it had (model.absent_modalities)",
+    )
     name: str = "sati"
     seed: int = 336
     data: DataConfig = field(default_factory=DataConfig)
@@ -291,6 +303,13 @@ def load_composed(
 ) -> tuple[PipelineConfig, tuple[str, ...]]:
     """``load_pipeline``'s config and the files that composed it, in merge order (``path`` last)."""
     composed = compose_pipeline(path)
+    if "format" not in composed.tree:
+        warnings.warn(
+            f"{composed.source}: no `format` key: read as format 1, as configs were written before it existed "
+            f"({FORMAT_1_NOTE}); add `format: {CONFIG_FORMAT}` for the current behaviour",
+            DeprecatedKeyWarning,
+            stacklevel=3,
+        )
     cfg = from_dict(composed.tree, composed.source)
     if overrides:
         cfg = cfg.replace(
@@ -385,7 +404,8 @@ def _own_keys(raw: dict, path: Path, source: str) -> dict:
         if key not in _SECTIONS and difflib.get_close_matches(str(key), [EXTENDS], n=1, cutoff=0.75):
             raise ConfigError(f"{source}: unknown key '{key}'; did you mean '{EXTENDS}'?")
     own = _inputs_beside(_rename_keys(raw, source), path.parent)
-    _build(PipelineConfig, own, source, "")  # types and ranges of what this file sets; checks across keys come last
+    # types and ranges of what this file sets, read in its own format; checks across keys come last
+    _build(PipelineConfig, _current_format(own, source), source, "")
     return own
 
 
@@ -462,8 +482,44 @@ def closest_key(key: str) -> str | None:
 
 
 def from_dict(raw: dict, source: str) -> PipelineConfig:
-    """Build and validate a config from a plain nested mapping; ``source`` names it in errors."""
-    return _validate(_build(PipelineConfig, _rename_keys(raw, source), source, ""), source)
+    """Build and validate a config from a plain nested mapping; ``source`` names it in errors. A mapping of an
+    older format (no ``format`` key: 1) is read in the current format's terms, meaning what it meant then."""
+    return _validate(_build(PipelineConfig, _rename_keys(_current_format(raw, source), source), source, ""), source)
+
+
+# Format 1 (no `format` key) → 2. The key model.absent_modalities came in during format 1 (git 151710e):
+# a config without it was written when zeros were fused as features ("fuse"); its value "skip" read
+# absence from zero values, which format 2 calls "zeros" (format 2's default "file" reads the data file).
+FORMAT_1_ABSENT = {None: "fuse", "skip": "zeros", "fuse": "fuse"}
+FORMAT_1_NOTE = "model.absent_modalities: fuse without the key, skip → zeros"
+
+
+def _current_format(raw: Any, source: str) -> Any:
+    """``raw`` in the current format: format 1 mappings (no ``format`` key, or ``format: 1``) translated."""
+    if not isinstance(raw, dict):
+        return raw
+    version = raw.get("format", 1)
+    if version == CONFIG_FORMAT:
+        absent = _get_dotted(raw, "model.absent_modalities")
+        if absent == "skip":
+            raise ConfigError(
+                f"{source}: model.absent_modalities = 'skip' is format 1's name (absence read from zero values); "
+                "in format 2 that is 'zeros', and 'file' (the default) reads absence from the dataset file"
+            )
+        return raw
+    if version != 1 or isinstance(version, bool):
+        raise ConfigError(
+            f"{source}: format = {version!r}: expected 1 or {CONFIG_FORMAT} (a newer format needs a newer sati)"
+        )
+    raw = copy.deepcopy(raw)
+    model = raw.get("model")
+    if model is None or isinstance(model, dict):
+        model = raw["model"] = dict(model or {})
+        absent = model.get("absent_modalities")
+        if isinstance(absent, str | None) and absent in FORMAT_1_ABSENT:
+            model["absent_modalities"] = FORMAT_1_ABSENT[absent]
+    raw["format"] = CONFIG_FORMAT
+    return raw
 
 
 class DeprecatedKeyWarning(FutureWarning):

@@ -1,9 +1,10 @@
 """`sati evaluate` and `sati predict`: models on a dataset split, the paper's table, robustness rows.
 
 Conditions (table rows): ``clean``; ``noise σ`` adds N(0, σ²) to every real audio and video step
-(the paper's Table III); ``drop m`` removes modality m (audio or video features zeroed, text replaced
-by empty strings). The noise is seeded, so a row is repeatable and equal across models. With several
-models (e.g. one per seed) each cell is mean ± std over the models.
+(the paper's Table III); ``drop m`` removes modality m (audio or video: features zeroed and the modality
+marked absent for every sample, as a dataset file without it marks it; text: replaced by empty strings).
+The noise is seeded, so a row is repeatable and equal across models. With several models (e.g. one per
+seed) each cell is mean ± std over the models.
 
 Metric keys: ``<split>/<metric>`` for the clean row, ``<split>/noise0.5/<metric>``,
 ``<split>/drop_audio/<metric>`` for the others; ``..._std`` beside each with several models.
@@ -18,13 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sati.data.h5format import SplitArrays
+from sati.data.h5format import MODALITIES, SplitArrays, with_absent
 from sati.metrics import PAPER_METRICS, regression_metrics
 from sati.predictor import SATIPredictor
 from sati.tables import paper_latex, paper_markdown
 from sati.tracking.store import TrackingStore
-
-MODALITIES = ("text", "audio", "video")
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ def perturb(arrays: SplitArrays, condition: Condition, seed: int = 0) -> SplitAr
         video = arrays.video + condition.noise * rng.standard_normal(arrays.video.shape, dtype=np.float32) * real
         return replace(arrays, audio=audio.astype(np.float32), video=video.astype(np.float32))
     if condition.drop in ("audio", "video"):
-        return replace(arrays, **{condition.drop: np.zeros_like(getattr(arrays, condition.drop))})
+        return with_absent(arrays, (condition.drop,))
     if condition.drop == "text":
         feats = None if arrays.text_features is None else np.zeros_like(arrays.text_features)
         return replace(arrays, text=[""] * len(arrays), text_features=feats)

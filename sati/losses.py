@@ -4,6 +4,16 @@ Total (paper Eq. 14, plus the reference code's reconstruction term):
     L = L_task + α·L_con + β·L_ti + γ·L_dom + w_rec·L_rec
 with α = ``loss.consistency_weight``, β = ``loss.temporal_weight``, γ = ``loss.domain_weight``,
 w_rec = ``loss.reconstruction_weight``. Padded steps are excluded everywhere.
+
+Absent modalities (``SATIOutput.present`` [B, 3], from the dataset file): every term leaves out the pieces a
+sample lacks and keeps the paper's normalization. L_con compares each modality's batch distribution over the
+samples that have it, and stays the mean over the three pairs (a pair with a side no sample has adds 0);
+L_dom keeps its three classes, each (code type, modality) cross-entropy averaged over the samples that have
+the modality and at least one other (a sample with one modality has nothing to tell apart), and adds 0 for a
+group no such sample has (no such sample at all: the term is 0, regulariser included); L_ti and L_rec
+average over the samples that have the modality. With every piece present each term is the paper's; with
+one sample lacking audio each term equals the term computed on the batch without that sample's audio
+pieces (tests/test_losses.py).
 """
 
 from __future__ import annotations
@@ -29,25 +39,48 @@ def _norm(x: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((x * x).sum(-1) + 1e-12)  # eps keeps the gradient finite at exact equality
 
 
-def cmd(x: torch.Tensor, y: torch.Tensor, moments: int = 5) -> torch.Tensor:
+def _batch_moments(x: torch.Tensor, keep: torch.Tensor | None, moments: int) -> list[torch.Tensor]:
+    """x: [..., B, H], keep: [..., B] bool or None (all) → [E x, E (x−E x)^2, …, E (x−E x)^K], each [..., H],
+    the expectations over the kept samples (none kept: zeros)."""
+    if keep is None:
+        mean = x.mean(-2, keepdim=True)
+        return [mean.squeeze(-2)] + [((x - mean) ** k).mean(-2) for k in range(2, moments + 1)]
+    w = keep.unsqueeze(-1).to(x.dtype)  # [..., B, 1]
+    n = w.sum(-2).clamp_min(1)  # [..., 1]
+    mean = (x * w).sum(-2) / n
+    centred = x - mean.unsqueeze(-2)
+    return [mean] + [((centred**k) * w).sum(-2) / n for k in range(2, moments + 1)]  # over moments, not data
+
+
+def cmd(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    moments: int = 5,
+    x_keep: torch.Tensor | None = None,
+    y_keep: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Central moment discrepancy over the batch axis.
 
     x, y: [..., B, H] with values in (0, 1) → [...]:
-    ‖E x − E y‖ + Σ_{k=2..K} ‖E (x−E x)^k − E (y−E y)^k‖.
+    ‖E x − E y‖ + Σ_{k=2..K} ‖E (x−E x)^k − E (y−E y)^k‖; with ``x_keep``/``y_keep`` [..., B] bool each side's
+    expectations run over its kept samples only (x and y may then be distributions of different samples).
     """
-    mx, my = x.mean(-2, keepdim=True), y.mean(-2, keepdim=True)
-    cx, cy = x - mx, y - my
-    total = _norm(mx.squeeze(-2) - my.squeeze(-2))
-    for k in range(2, moments + 1):  # over moments, not data
-        total = total + _norm((cx**k).mean(-2) - (cy**k).mean(-2))
-    return total
+    return sum(_norm(a - b) for a, b in zip(_batch_moments(x, x_keep, moments), _batch_moments(y, y_keep, moments)))
 
 
-def consistency_loss(shared_means: torch.Tensor, moments: int = 5) -> torch.Tensor:
+def consistency_loss(shared_means: torch.Tensor, moments: int = 5, present: torch.Tensor | None = None) -> torch.Tensor:
     """L_con (Eq. 2): mean CMD over the pairs of modalities; shared_means: [M, B, H], M >= 2: for the three
-    modalities the pairs (t,v), (t,a), (a,v), for fewer every pair."""
+    modalities the pairs (t,v), (t,a), (a,v), for fewer every pair. ``present`` [B, 3] bool (M = 3): each
+    modality's distribution over the samples that have it; a pair with a side no sample has adds 0 to the
+    mean over the three pairs."""
     i, j = _PAIRS if len(shared_means) == 3 else torch.triu_indices(len(shared_means), len(shared_means), 1)
-    return cmd(shared_means[i.to(shared_means.device)], shared_means[j.to(shared_means.device)], moments).mean()
+    i, j = i.to(shared_means.device), j.to(shared_means.device)
+    if present is None:
+        return cmd(shared_means[i], shared_means[j], moments).mean()
+    keep = present.t()  # [3, B]
+    held = keep.any(1)  # [3]
+    pair = cmd(shared_means[i], shared_means[j], moments, keep[i], keep[j])  # [3]
+    return (pair * (held[i] & held[j]).to(pair.dtype)).mean()
 
 
 def _kl(p: torch.Tensor, q: torch.Tensor, eps: float) -> torch.Tensor:
@@ -116,18 +149,24 @@ def domain_loss(
     reduction: str = "mean",
     l2: float = 0.01,
     fold: str = "paper",
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_dom (Eqs. 4-5) over the shared and the private codes.
 
     features: [2·M, B, H] discriminator outputs, shared codes of the M modalities first, then the
     private ones; labels: [2·M] modality ids; classes: [M, H]. Per code type, the batch-mean
     cross-entropy is averaged (reference) or summed (paper) over modalities; the two code types
-    are added, each with l2·‖W‖² as in the reference.
+    are added, each with l2·‖W‖² as in the reference. ``present`` [B, M] bool: each group's mean runs
+    over the samples that have its modality (none: the group adds 0; the classes stay M).
     """
     g, b, _ = features.shape
     logits = angular_margin_logits(features, labels[:, None].expand(g, b), classes, scale, margin, form, fold)
-    ce = F.cross_entropy(logits.reshape(g * b, -1), labels.repeat_interleave(b), reduction="none")
-    per_group = ce.view(g, b).mean(1).view(2, g // 2)  # [code type, modality]
+    ce = F.cross_entropy(logits.reshape(g * b, -1), labels.repeat_interleave(b), reduction="none").view(g, b)
+    if present is None:
+        per_group = ce.mean(1).view(2, g // 2)  # [code type, modality]
+    else:
+        keep = present.t()[labels].to(ce.dtype)  # [g, B]
+        per_group = ((ce * keep).sum(1) / keep.sum(1).clamp_min(1)).view(2, g // 2)
     per_type = per_group.mean(1) if reduction == "mean" else per_group.sum(1)
     return per_type.sum() + 2 * l2 * classes.pow(2).sum()
 
@@ -156,22 +195,34 @@ class LossBreakdown:
 
 def total_loss(out: SATIOutput, labels: torch.Tensor, cfg: LossConfig, ablation: AblationConfig) -> LossBreakdown:
     """L = L_task + α L_con + β L_ti + γ L_dom + w_rec L_rec; terms with weight 0, ablated, or whose inputs
-    are absent (None: ``ablation.text_only`` has no audio/video codes) are skipped. A modality absent from
-    the batch (``out.present``, with ``model.absent_modalities = skip``: all its features 0) is left out of
-    L_con and L_dom (which then compare the others; one left: skipped), and L_ti needs video."""
+    are absent (None: ``ablation.text_only`` has no audio/video codes) are skipped. ``out.present`` [B, 3]
+    leaves each sample's absent pieces out of every term (module docstring). ``out.present_in_batch`` [3]
+    (``model.absent_modalities = zeros``, format 1's ``skip``) computes the terms as that format trained: a
+    modality absent from the whole batch is left out of L_con and L_dom (which then compare the others; one
+    left: skipped), and L_ti needs video."""
     zero = out.prediction.new_zeros(()).float()
     task = task_loss(out.prediction.float(), labels.float())
+    present = out.present  # [B, 3] or None
     keep = list(range(3))  # the modalities the consistency and domain terms compare
-    if out.present is not None:
-        keep = [m for m, here in enumerate(out.present.tolist()) if here]
+    if out.present_in_batch is not None:
+        keep = [m for m, here in enumerate(out.present_in_batch.tolist()) if here]
     con = zero
     if cfg.consistency_weight and out.shared_means is not None and len(keep) > 1:
-        con = consistency_loss(out.shared_means[keep].float(), cfg.cmd_moments)
+        con = consistency_loss(out.shared_means[keep].float(), cfg.cmd_moments, present)
     ti = zero
     if ablation.til and cfg.temporal_weight and out.video_codes is not None and 2 in keep:
-        ti = temporal_jsd(out.video_codes.float(), out.video_mask)
+        video_mask = out.video_mask if present is None else out.video_mask & present[:, 2:]
+        ti = temporal_jsd(out.video_codes.float(), video_mask)
     dom = zero
-    if ablation.adversarial and cfg.domain_weight and out.domain_features is not None and len(keep) > 1:
+    # the discriminator tells a sample's modalities apart: a sample with one has none to tell apart
+    told_apart = None if present is None else present & (present.sum(1, keepdim=True) > 1)  # [B, 3]
+    if (
+        ablation.adversarial
+        and cfg.domain_weight
+        and out.domain_features is not None
+        and len(keep) > 1
+        and (told_apart is None or bool(told_apart.any()))
+    ):
         rows = keep + [3 + m for m in keep]  # shared, then private codes of the compared modalities
         dom = domain_loss(
             out.domain_features[rows].float(),
@@ -183,12 +234,12 @@ def total_loss(out: SATIOutput, labels: torch.Tensor, cfg: LossConfig, ablation:
             fold=cfg.margin_fold,
             reduction=cfg.domain_reduction,
             l2=cfg.domain_l2,
+            present=told_apart,
         )
-    rec = (
-        reconstruction_loss(out.projections.float(), out.projection_masks, out.reconstructions.float())
-        if cfg.reconstruction_weight and out.projections is not None
-        else zero
-    )
+    rec = zero
+    if cfg.reconstruction_weight and out.projections is not None:
+        masks = out.projection_masks if present is None else out.projection_masks & present.t()[:, :, None]
+        rec = reconstruction_loss(out.projections.float(), masks, out.reconstructions.float())
     total = (
         task
         + cfg.consistency_weight * con

@@ -10,6 +10,10 @@ DataFrame interface (the registered model's signature)::
     input   id (str, optional), text (str), audio [T, D_a], video [T, D_v] (nested lists, one T per row);
             text_features [T_t, D_t] instead of text for models trained on precomputed text features
     output  id, prediction (float, [-3, 3]), class7 (int, -3..3), sentiment (the class's name)
+
+Rows carry no absence: a modality the model's training data lacked in every sample (recorded in the
+checkpoint) is absent from every row, every other one present. A non-finite feature, or one that drives
+the prediction to a non-finite value, is refused with a ``DataError`` that names the row and the column.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from sati.checkpoint import load_checkpoint, restore_model
 from sati.config import PipelineConfig, from_dict
 from sati.data.dataset import SplitDataset
-from sati.data.h5format import DataError, SplitArrays
+from sati.data.h5format import DataError, SplitArrays, with_absent
 from sati.data.tokens import tokenize
 from sati.devices import resolve_device
 from sati.model import SATI
@@ -45,8 +49,47 @@ SENTIMENT_CLASSES = {
 
 
 def seven_class(pred: np.ndarray) -> np.ndarray:
-    """Scores [N] → the paper's Acc-7 classes [N] (clipped to [-3, 3], rounded half to even)."""
-    return np.round(np.clip(np.asarray(pred, dtype=np.float64), -3, 3)).astype(np.int64)
+    """Scores [N] → the paper's Acc-7 classes [N] (clipped to [-3, 3], rounded half to even); a NaN score has
+    no class (``ValueError``), ±inf clips to ±3."""
+    pred = np.asarray(pred, dtype=np.float64)
+    if np.isnan(pred).any():
+        raise ValueError(f"scores at positions {np.flatnonzero(np.isnan(pred))[:10].tolist()} are NaN: no class")
+    return np.round(np.clip(pred, -3, 3)).astype(np.int64)
+
+
+FEATURE_COLUMNS = ("audio", "video", "text_features")
+
+
+def check_finite_inputs(arrays: SplitArrays) -> None:
+    """Refuse (``DataError``) a sample with a NaN or infinite feature, naming its row id and column."""
+    for column in FEATURE_COLUMNS:
+        x = getattr(arrays, column)
+        if x is None:
+            continue
+        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))
+        if len(bad):
+            rows = ", ".join(arrays.ids[i] for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise DataError(
+                f"row {rows}: column {column} has non-finite values (NaN, ±inf, or beyond float32's ±3.4e38); "
+                "expected finite numbers"
+            )
+
+
+def check_finite_predictions(arrays: SplitArrays, scores: np.ndarray) -> None:
+    """Refuse (``DataError``) finite inputs that drove a prediction to NaN or ±inf, naming the row and its
+    feature column of largest magnitude (a value too large for the model's float32 arithmetic)."""
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if not len(bad):
+        return
+    i = bad[0]
+    largest = {c: float(np.abs(getattr(arrays, c)[i]).max()) for c in FEATURE_COLUMNS if getattr(arrays, c) is not None}
+    column = max(largest, key=largest.get)
+    more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
+    raise DataError(
+        f"row {arrays.ids[i]}: column {column} has values up to {largest[column]:.3g} in magnitude, out of the "
+        f"range the model computes in: its prediction is not finite{more}; expected features on the scale of "
+        "the training data"
+    )
 
 
 def input_dims(state: dict[str, torch.Tensor]) -> tuple[int, int, int]:
@@ -85,6 +128,7 @@ class SATIPredictor:
         self.audio_dim, self.video_dim, text_dim = input_dims(ckpt["model"])
         self.precomputed = cfg.model.text_encoder == PRECOMPUTED
         self.precision: str | None = ckpt["precision"]  # what it was trained in: bf16 or fp32 (None: not recorded)
+        self.missing_modalities: tuple[str, ...] = tuple(ckpt["missing_modalities"])  # absent from every input row
         self.device = resolve_device(device)
         self.model = SATI(
             cfg.model,
@@ -94,31 +138,35 @@ class SATIPredictor:
             text_feature_dim=text_dim if self.precomputed else 0,
             pretrained_text=self.frozen is not None,  # frozen weights come from the encoder, the rest from the file
         )
-        restore_model(self.model, ckpt, checkpoint)
+        restore_model(self.model, ckpt, checkpoint, built_from=cfg.model.text_encoder)
         self.model.to(self.device).eval()
         self.tokenizer = None if self.precomputed else load_tokenizer(text_encoder or cfg.model.text_encoder)
 
     def predict_arrays(self, arrays: SplitArrays, batch_size: int | None = None) -> np.ndarray:
-        """Scores [N] for a split read from a dataset file (or built by ``frame_to_arrays``)."""
+        """Scores [N] (float32, finite) for a split read from a dataset file (or built by ``frame_to_arrays``);
+        a non-finite input or prediction is refused naming its row and column (``DataError``)."""
         if arrays.audio.shape[-1] != self.audio_dim or arrays.video.shape[-1] != self.video_dim:
             raise DataError(
                 f"the model expects audio {self.audio_dim}-d and video {self.video_dim}-d features, "
                 f"got {arrays.audio.shape[-1]}-d and {arrays.video.shape[-1]}-d"
             )
+        check_finite_inputs(arrays)
         tokens = None
         if not self.precomputed:
             tokens = tokenize(self.tokenizer, arrays.text, self.cfg.data.max_text_tokens)
         elif arrays.text_features is None:
             raise DataError("the model reads precomputed text features, but the input has none (text_features)")
         dataset = SplitDataset(arrays, tokens)
-        return predict(
+        scores = predict(
             self.model, dataset, batch_size or self.cfg.train.eval_batch_size, self.device, self.cfg.train.precision
         )
+        check_finite_predictions(arrays, scores)
+        return scores
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The DataFrame interface (module docstring): one output row per input row, same order."""
         arrays = frame_to_arrays(frame, self.audio_dim, self.video_dim, self.precomputed)
-        return predictions_frame(arrays.ids, self.predict_arrays(arrays))
+        return predictions_frame(arrays.ids, self.predict_arrays(with_absent(arrays, self.missing_modalities)))
 
 
 def predictions_frame(ids: list[str], scores: np.ndarray) -> pd.DataFrame:
@@ -137,9 +185,13 @@ def predictions_frame(ids: list[str], scores: np.ndarray) -> pd.DataFrame:
 
 
 def _matrix(value, row: str, column: str, dim: int) -> np.ndarray:
-    x = np.asarray(
-        value if not isinstance(value, np.ndarray) or value.dtype != object else list(value), dtype=np.float32
-    )
+    try:
+        with np.errstate(over="ignore"):  # beyond float32: ±inf, refused with the row's name (check_finite_inputs)
+            x = np.asarray(
+                value if not isinstance(value, np.ndarray) or value.dtype != object else list(value), dtype=np.float32
+            )
+    except (TypeError, ValueError):
+        raise DataError(f"input row {row}: column '{column}' must be a [T, {dim}] list of lists of numbers") from None
     if x.ndim != 2 or x.shape[1] != dim or x.shape[0] < 1:
         raise DataError(
             f"input row {row}: column '{column}' must be a [T, {dim}] list of lists with T >= 1, "

@@ -380,7 +380,8 @@ def _evaluate_run(
     store: TrackingStore, run: RunInfo, arrays: SplitArrays, conds: list[Condition]
 ) -> dict[Condition, dict[str, float]]:
     """One trial's best checkpoint (chosen on validation) under every test condition. A condition that
-    leaves the input as it was (dropping a modality the data lacks: zeros already) reuses those metrics."""
+    leaves the input as it was (dropping a modality the data lacks: zeros, marked absent already) reuses those
+    metrics."""
     from sati.predictor import SATIPredictor
     from sati.tracking.searches import download_checkpoint
 
@@ -407,6 +408,7 @@ def _same_input(a: SplitArrays, b: SplitArrays) -> bool:
         and same(a.audio, b.audio)
         and same(a.video, b.video)
         and same(a.text_features, b.text_features)
+        and same(a.present, b.present)
     )
 
 

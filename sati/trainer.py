@@ -156,6 +156,7 @@ def fit(
                 "metrics": metrics,
                 "frozen": frozen,
                 "precision": precision,
+                "missing_modalities": info.missing_modalities,
             }
             model_ref = None
             if is_best:  # best.pt first: last.pt never names a best checkpoint that was not written

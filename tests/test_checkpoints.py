@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from sati.checkpoint import CheckpointError, frozen_names, load_checkpoint
+from sati.checkpoint import CheckpointError, frozen_names, frozen_sha256, load_checkpoint
 from sati.data.h5format import read_info, read_split
 from sati.metrics import regression_metrics
 from sati.predictor import SATIPredictor
@@ -45,11 +46,17 @@ def test_a_frozen_part_that_does_not_match_is_refused_naming_both_hashes(make_co
     cfg = make_config(model={"freeze_text_layers": -1}, train={"epochs": 1})
     result = fit(cfg)
     recorded = load_checkpoint(result.best_checkpoint)["frozen"]["sha256"]
+    assert recorded == frozen_sha256(build_model(cfg, read_info(cfg.data.path)))  # the trained encoder's hash
     other = build_tiny_text_encoder(tmp_path / "other-encoder", seed=1)  # same shapes, other weights
+    actual = frozen_sha256(build_model(cfg.replace({"model.text_encoder": str(other)}), read_info(cfg.data.path)))
+    assert re.fullmatch("[0-9a-f]{64}", actual) and actual != recorded
     with pytest.raises(CheckpointError) as err:
         SATIPredictor(result.best_checkpoint, text_encoder=str(other), device="cpu")
-    assert "frozen text encoder does not match" in str(err.value) and recorded in str(err.value)
-    assert str(result.best_checkpoint) in str(err.value)
+    assert str(err.value) == (
+        f"{result.best_checkpoint}: the frozen text encoder does not match: the checkpoint was trained with "
+        f"{cfg.model.text_encoder!r} whose frozen weights hash to {recorded}, but {str(other)!r} here hashes to "
+        f"{actual}"
+    )
 
 
 def test_no_epoch_writes_more_than_one_model_and_one_optimizer_state(make_config):

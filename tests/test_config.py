@@ -3,19 +3,63 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import pytest
+import yaml
 
-from sati.config import ConfigError, PipelineConfig, load_pipeline, parse_overrides, valid_keys
+from sati.config import (
+    CONFIG_FORMAT,
+    ConfigError,
+    DeprecatedKeyWarning,
+    PipelineConfig,
+    from_dict,
+    load_pipeline,
+    parse_overrides,
+    valid_keys,
+)
 from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_pipeline_loads(path):
-    cfg = load_pipeline(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecatedKeyWarning)  # shipped files are of the current format
+        cfg = load_pipeline(path)
     assert isinstance(cfg, PipelineConfig)
     assert cfg.train.selection_metric.startswith("valid/")
+    assert cfg.format == CONFIG_FORMAT and cfg.model.absent_modalities == "file"
+
+
+# Format 1 (no `format` key): what model.absent_modalities meant when such a config was written (git log -S
+# absent_modalities: the key came in with 151710e, default skip; before it zeros were fused as features).
+@pytest.mark.parametrize(
+    "model, trained_as",
+    [({}, "fuse"), ({"absent_modalities": "skip"}, "zeros"), ({"absent_modalities": "fuse"}, "fuse")],
+    ids=["no-key", "skip", "fuse"],
+)
+def test_a_config_without_format_loads_as_it_was_trained(tmp_path, model, trained_as):
+    raw = {"name": "old", "model": {"hidden_size": 64, **model}}
+    cfg = from_dict(raw, "old")
+    assert cfg.format == CONFIG_FORMAT and cfg.model.absent_modalities == trained_as
+    assert cfg.model.hidden_size == 64 and "format" not in raw  # the caller's mapping is left alone
+    assert from_dict(cfg.to_dict(), "written again") == cfg  # its current form means the same
+    assert from_dict({**raw, "format": 1}, "explicit") == cfg
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.warns(DeprecatedKeyWarning, match=r"no `format` key: read as format 1.*add `format: 2`"):
+        assert load_pipeline(path) == cfg
+
+
+def test_new_configs_get_the_current_format_and_its_default():
+    cfg = PipelineConfig()
+    assert cfg.format == CONFIG_FORMAT == 2 and cfg.model.absent_modalities == "file"
+    assert from_dict({"format": 2}, "new") == cfg
+    with pytest.raises(ConfigError, match=r"format = 3: expected 1 or 2 \(a newer format needs a newer sati\)"):
+        from_dict({"format": 3}, "future")
+    with pytest.raises(ConfigError, match=r"new: model.absent_modalities = 'skip' is format 1's name.*'zeros'"):
+        from_dict({"format": 2, "model": {"absent_modalities": "skip"}}, "new")
 
 
 def test_config_is_frozen():

@@ -4,6 +4,7 @@ interface, robustness conditions, tables, and the selection and gate rules."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,162 @@ def test_checkpoints_record_the_precision_they_were_trained_in(make_config):
     )
     assert SATIPredictor(fp32.best_checkpoint, device="cpu").precision == "fp32"
     assert SATIPredictor(bf16.best_checkpoint, device="cpu").precision == "bf16"  # bf16 autocast on the CPU
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_metrics_see_float32_predictions_under_bf16_autocast(tiny_encoder, device):
+    """Under bf16 autocast (on CPU; on CUDA where there is one: `auto` precision) the encoders and fusion
+    compute in bf16, but the predictions that evaluation, selection, the reload check and reported metrics
+    read are float32 and equal the head computed in fp32 from the fused steps: never rounded to bf16
+    (which moves a score by up to 2^-8 of it, 1.43882 → 1.44531)."""
+    import torch
+
+    from sati.config import AblationConfig, ModelConfig
+    from sati.data.dataset import SplitDataset
+    from sati.data.loaders import make_loader
+    from sati.data.synth import generate
+    from sati.data.tokens import tokenize
+    from sati.model import SATI
+    from sati.model.sati import masked_mean
+    from sati.pretrained import load_tokenizer
+    from sati.trainer import predict, split_metrics
+
+    arrays = generate("mosi", scale=0.05, seed=0)["valid"]
+    dataset = SplitDataset(arrays, tokenize(load_tokenizer(str(tiny_encoder)), arrays.text, 50))
+    torch.manual_seed(0)
+    cfg = ModelConfig(text_encoder=str(tiny_encoder), hidden_size=32, encoder_feedforward=64, fusion_feedforward=64)
+    model = SATI(cfg, AblationConfig(), arrays.audio.shape[-1], arrays.video.shape[-1]).to(device)
+    fused, dtypes = [], set()
+    hooks = [
+        model.fusion.register_forward_hook(lambda _m, _i, out: fused.append(out.detach())),
+        model.cross_audio.q.register_forward_hook(lambda _m, _i, out: dtypes.add(out.dtype)),
+    ]
+    device = torch.device(device)
+    try:
+        scores = predict(model, dataset, 16, device, "bf16")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert dtypes == {torch.bfloat16}  # the model did run under bf16 autocast
+    assert scores.dtype == np.float32
+    with torch.no_grad():  # the head in fp32, outside autocast, on what the fusion layer produced
+        masks = [batch.mask.to(device) for batch in make_loader(dataset, 16, shuffle=False)]
+        head = torch.cat([model.head(masked_mean(z.float(), m)).squeeze(-1) for z, m in zip(fused, masks)]).cpu()
+    head = head.numpy()
+    np.testing.assert_allclose(scores, head, rtol=1e-6, atol=1e-7)
+    bf16 = torch.from_numpy(scores).bfloat16().float().numpy()
+    assert np.abs(bf16 - scores).max() > 1e-4  # rounding them to bf16 would have shown
+    assert split_metrics(model, dataset, "valid", 16, device, "bf16") == regression_metrics(
+        head, arrays.labels, "valid"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Bad rows are named, never a KeyError
+
+
+def _frame_with(synth_path, value: float):
+    """Three validation rows as the model's input frame, row 1's first audio value set to ``value``."""
+    frame = arrays_to_frame(read_split(synth_path, "valid"), limit=3)
+    audio = [list(step) for step in frame.at[1, "audio"]]
+    audio[0][0] = value
+    frame.at[1, "audio"] = audio
+    return frame, frame.at[1, "id"]
+
+
+@pytest.mark.parametrize(
+    "value, says",
+    [
+        (math.nan, "has non-finite values"),
+        (-math.inf, "has non-finite values"),
+        (1e39, "has non-finite values"),  # beyond float32
+        (1e30, "has values up to 1e\\+30 in magnitude, out of the range the model computes in"),
+    ],
+    ids=["nan", "inf", "beyond-float32", "1e30"],
+)
+def test_a_bad_row_is_refused_naming_its_row_and_column(trained, synth_path, value, says):
+    predictor = SATIPredictor(trained[0], device="cpu")
+    frame, row = _frame_with(synth_path, value)
+    with pytest.raises(DataError, match=rf"^row {row}: column audio {says}"):
+        predictor.predict_frame(frame)
+    assert len(predictor.predict_frame(frame.drop(index=1))) == 2  # the other rows are fine
+
+
+def test_seven_class_never_indexes_with_a_non_finite_score():
+    assert seven_class(np.array([-np.inf, -0.5, 0.51, 2.5, np.inf])).tolist() == [-3, 0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"scores at positions \[1\] are NaN: no class"):
+        seven_class(np.array([0.2, np.nan]))
+
+
+def test_sati_predict_names_a_bad_row_and_writes_nothing(trained, synth_path, tmp_path, monkeypatch, capsys):
+    from sati.cli import main
+    from sati.data.h5format import list_splits, write_dataset
+
+    splits = {s: read_split(synth_path, s) for s in list_splits(synth_path)}
+    splits["valid"].audio[4, 0, 0] = np.nan
+    data = tmp_path / "nan.h5"
+    write_dataset(data, splits, name="nan", provenance={})
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(trained[0]), "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    row = splits["valid"].ids[4]
+    assert err == [
+        f"error: {data}: split 'valid': row {row}: column audio has non-finite values (NaN, ±inf, or beyond "
+        "float32's ±3.4e38); expected finite numbers; nothing was written"
+    ]
+    assert not out.exists()
+
+
+def test_a_served_row_with_nan_answers_400_naming_the_column(trained, synth_path, tmp_path):
+    """`mlflow models serve` of the registered model's pyfunc (serving_model.py): a clean request answers 200
+    with the predictor's scores, a row with NaN in audio answers 400 whose message names the row and column."""
+    import json
+    import sys
+    import urllib.error
+    import urllib.request
+
+    import mlflow
+    from mlflow.models import infer_signature
+
+    import sati
+    from sati.testing.processes import Service, free_port, loopback_env, wait_for
+    from sati.testing.servers import answers
+
+    predictor = SATIPredictor(trained[0], device="cpu")
+    clean, row = _frame_with(synth_path, 0.25)
+    model_dir = tmp_path / "model"
+    mlflow.pyfunc.save_model(
+        model_dir,
+        python_model=str(Path(sati.__file__).parent / "serving_model.py"),
+        artifacts={"checkpoint": str(trained[0])},
+        signature=infer_signature(clean, predictor.predict_frame(clean)),
+    )
+    port = free_port()
+    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_dir, "--env-manager", "local",
+            "-h", "127.0.0.1", "-p", port, "-w", "1"]  # fmt: skip
+    service = Service("mlflow-serve", argv, tmp_path / "serve.log", loopback_env())
+    url = f"http://127.0.0.1:{port}"
+
+    def post(frame) -> tuple[int, dict]:
+        body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)}).encode()
+        request = urllib.request.Request(url + "/invocations", body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    try:
+        wait_for(answers(url + "/ping"), 240, "mlflow models serve", service.proc, service.log_path)
+        status, answer = post(clean)
+        assert status == 200, answer
+        served = [p["prediction"] for p in answer["predictions"]]
+        np.testing.assert_allclose(served, predictor.predict_frame(clean)["prediction"], atol=1e-6)
+        bad, row = _frame_with(synth_path, math.nan)
+        status, answer = post(bad)
+    finally:
+        service.stop()
+    assert status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE", answer
+    assert f"row {row}: column audio has non-finite values" in answer["message"]
+    assert "KeyError" not in json.dumps(answer)

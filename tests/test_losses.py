@@ -536,3 +536,109 @@ def test_margin_fold_is_a_config_option_with_the_paper_form_as_default():
     paper = losses.domain_loss(out.domain_features, out.domain_labels, out.domain_classes, **kwargs)
     assert torch.allclose(paper, losses.domain_loss(out.domain_features, out.domain_labels, out.domain_classes,
                                                     fold="paper", **kwargs))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# absent modalities: per-sample masks inside every term (SATIOutput.present [B, 3])
+
+
+def _with_present(out: SATIOutput, present: torch.Tensor) -> SATIOutput:
+    return dataclasses.replace(out, present=present)
+
+
+def test_with_every_modality_present_each_term_is_the_papers():
+    """A mask with every piece present gives the unmasked (paper's) terms, and the loop forms, to float precision."""
+    out = random_output(20, batch=6, steps=7, hidden=8, code_spread=3.0)
+    labels = torch.randn(6, dtype=F64)
+    masked = losses.total_loss(
+        _with_present(out, torch.ones(6, 3, dtype=torch.bool)), labels, ALL_TERMS, AblationConfig()
+    )
+    plain = losses.total_loss(out, labels, ALL_TERMS, AblationConfig())
+    want = ref.total_loss(out, labels, ALL_TERMS, AblationConfig())
+    for name in ("task", "consistency", "temporal", "domain", "reconstruction", "total"):
+        close(getattr(masked, name), getattr(plain, name), rtol=1e-12, atol=1e-15)
+        close(getattr(masked, name), want[name], rtol=2e-5, atol=1e-6)
+
+
+def _domain_pieces(out: SATIOutput, keep: list[list[int]], cfg: LossConfig) -> float:
+    """Reference L_dom (reduction mean) from its pieces: for each code type and modality m, the mean over the
+    samples ``keep[m]`` of the loop-form cross-entropy, a group without samples adding 0; the mean over the
+    three modalities, summed over the two code types, plus the regulariser l2·‖W‖² per code type."""
+    total = 0.0
+    for code_type in range(2):
+        groups = []
+        for m in range(3):
+            ce = [
+                ref.angular_margin_loss(
+                    out.domain_features[3 * code_type + m, b], m, out.domain_classes,
+                    scale=cfg.scale, margin=cfg.margin, form=cfg.margin_form,
+                )
+                for b in keep[m]
+            ]  # fmt: skip
+            groups.append(sum(ce) / len(ce) if ce else 0.0)
+        total += sum(groups) / 3 + cfg.domain_l2 * float(out.domain_classes.double().pow(2).sum())
+    return total
+
+
+@pytest.mark.parametrize("modality", [1, 2], ids=["audio", "video"])
+def test_a_sample_without_a_modality_is_the_batch_without_that_samples_pieces(modality):
+    """Sample 2 lacks ``modality``. Each term equals the term on the batch without sample 2's pieces of it:
+    L_con: the three pairs' CMD with that modality's distribution over the other 5 samples (the other
+    modalities' over all 6), mean over the 3 pairs; L_dom: the (code type, modality) groups of that modality
+    averaged over the other 5 samples, 3 classes kept; L_ti (video): the batch without sample 2; L_rec: that
+    modality's error averaged over the other samples' steps; L_task: unchanged (the label is real)."""
+    out = random_output(21, batch=6, steps=7, hidden=8, code_spread=3.0)
+    labels = torch.randn(6, dtype=F64)
+    present = torch.ones(6, 3, dtype=torch.bool)
+    present[2, modality] = False
+    got = losses.total_loss(_with_present(out, present), labels, ALL_TERMS, AblationConfig())
+
+    others = [0, 1, 3, 4, 5]
+    keep = [list(range(6)) for _ in range(3)]
+    keep[modality] = others
+    s = [out.shared_means[m][keep[m]] for m in range(3)]  # each modality's distribution: [n_m, H]
+    con = (ref.cmd(s[0], s[2]) + ref.cmd(s[0], s[1]) + ref.cmd(s[1], s[2])) / 3
+    close(got.consistency, con)
+    close(got.domain, _domain_pieces(out, keep, ALL_TERMS))
+    video = keep[2]
+    close(got.temporal, ref.temporal_jsd(out.video_codes[video], out.video_mask[video]))
+    masks = out.projection_masks.clone()
+    masks[modality, 2] = False  # sample 2's steps of that modality are not reconstructed
+    close(got.reconstruction, ref.reconstruction_loss(out.projections, masks, out.reconstructions))
+    close(got.task, ref.task_loss(out.prediction, labels))
+    # and the absent pieces did count before they were masked: the test can fail
+    full = losses.total_loss(out, labels, ALL_TERMS, AblationConfig())
+    assert abs(float(full.consistency) - float(got.consistency)) > 1e-4
+    assert abs(float(full.domain) - float(got.domain)) > 1e-4
+
+
+def test_a_modality_no_sample_has_keeps_the_papers_normalization():
+    """No sample has audio: L_con is the mean over the paper's three pairs with the two audio pairs adding 0
+    (not CMD(t, v) alone), and L_dom keeps its three classes, the audio groups adding 0 (not a 2-class
+    cross-entropy)."""
+    out = random_output(22, batch=6, steps=7, hidden=8, code_spread=3.0)
+    labels = torch.randn(6, dtype=F64)
+    present = torch.ones(6, 3, dtype=torch.bool)
+    present[:, 1] = False
+    got = losses.total_loss(_with_present(out, present), labels, ALL_TERMS, AblationConfig())
+    close(got.consistency, ref.cmd(out.shared_means[0], out.shared_means[2]) / 3)
+    everyone = list(range(6))
+    close(got.domain, _domain_pieces(out, [everyone, [], everyone], ALL_TERMS))
+    two_class = ref.domain_loss(
+        out.domain_features[[0, 2, 3, 5]], [0, 1, 0, 1], out.domain_classes[[0, 2]], scale=30.0, margin=0.5,
+        form="arcface",
+    )  # fmt: skip
+    assert abs(float(got.domain) - two_class) > 1e-3
+    close(got.temporal, ref.temporal_jsd(out.video_codes, out.video_mask))  # video is there
+
+
+def test_masked_terms_stay_vectorized_and_differentiable():
+    """Gradients flow through the masked terms to the present pieces only."""
+    out = random_output(23, batch=5, steps=6, hidden=4, code_spread=3.0)
+    shared = out.shared_means.clone().requires_grad_(True)
+    present = torch.ones(5, 3, dtype=torch.bool)
+    present[1, 1] = False
+    con = losses.consistency_loss(shared, 5, present)
+    con.backward()
+    assert shared.grad[1, 1].abs().sum() == 0  # sample 1's audio code: absent, no gradient
+    assert shared.grad[1, 0].abs().sum() > 0 and shared.grad[1, 2].abs().sum() > 0

@@ -200,7 +200,7 @@ def test_files_are_named_as_reached_from_the_path_given(tmp_path, monkeypatch):
 # What pipelines/mosi.yaml and pipelines/mosei.yaml set before they were split into
 # pipelines/base/sati.yaml + pipelines/scale/cluster.yaml + the dataset file (captured from those files).
 SHARED_BEFORE = {
-    "seed": 336, "data.max_text_tokens": 64,
+    "format": 2, "seed": 336, "data.max_text_tokens": 64,
     "model.text_encoder": "roberta-base", "model.hidden_size": 128, "model.dropout": 0.6,
     "train.eval_batch_size": 128, "train.lr": 1.7e-05, "train.clip_mode": "value", "train.clip": 1.0,
     "train.selection_metric": "valid/mae", "train.device": "auto", "train.precision": "auto",
@@ -299,7 +299,7 @@ def test_docs_name_real_keys_and_show_what_sati_config_prints(capsys, monkeypatc
     keys = set(valid_keys()) | {k.rsplit(".", 1)[0] for k in valid_keys()}
     assert named and not {k for k in named if k not in keys and k not in ("search.metric", "search.mode")}
     rows = re.findall(r"^\| `([a-z]+)` \|.*\| (`.*`) \|$", doc, flags=re.M)  # the sections table
-    assert {section for section, _ in rows} == sections - {"name", "seed"}
+    assert {section for section, _ in rows} == sections - {"name", "seed", "format"}
     for section, listed in rows:
         assert {f"{section}.{k}" for k in re.findall(r"`([a-z_]+)`", listed)} <= keys, section
     monkeypatch.chdir(REPO)

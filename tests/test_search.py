@@ -12,6 +12,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from sati.config import ConfigError, PipelineConfig, load_pipeline
+from sati.data.h5format import verify_checksum
+from sati.provenance import git_commit, versions
 from sati.search.space import load_space
 from sati.testing.pipelines import write_search_pipeline
 from sati.testing.processes import run_sati
@@ -201,8 +203,11 @@ def test_search_logs_parent_and_trial_runs(tmp_path, synth_path, tiny_encoder, m
     state = json.loads((Path(parent.data.tags["sati.search_dir"]) / "sati_search.json").read_text())
     assert state["pipeline_files"] == [str(pipeline), str(top)]
     assert state["pipeline"]["search"]["study_storage"] == f"sqlite:///{tmp_path / 'optuna.db'}"  # merged
-    assert parent.data.params["train.epochs"] == "3" and parent.data.tags["sati.data_checksum"]
-    assert parent.data.tags["sati.git_commit"] and parent.data.tags["sati.version.torch"]
+    assert parent.data.params["train.epochs"] == "3"
+    # provenance: the data file's checksum recomputed from its contents, this checkout's commit, the libraries
+    checksum, commit, libraries = verify_checksum(synth_path), git_commit(), versions()
+    assert parent.data.tags["sati.data_checksum"] == checksum and parent.data.tags["sati.git_commit"] == commit
+    assert {k: parent.data.tags.get(f"sati.version.{k}") for k in libraries} == libraries
     parent_files = _all_artifacts(client, parent_id)
     assert {
         "pipeline.yaml",
@@ -215,6 +220,14 @@ def test_search_logs_parent_and_trial_runs(tmp_path, synth_path, tiny_encoder, m
     assert len(children) == 4
     for run in children:
         assert run.info.status == "FINISHED"
+        assert run.data.tags["sati.data_checksum"] == checksum and run.data.tags["sati.git_commit"] == commit
+        record = json.loads(Path(client.download_artifacts(run.info.run_id, "rerun.json", str(tmp_path))).read_text())
+        assert (record["data_checksum"], record["git_commit"], record["git_dirty"]) == (
+            checksum,
+            commit.removesuffix("-dirty"),
+            commit.endswith("-dirty"),
+        )
+        assert record["versions"] == libraries
         assert run.data.params["train.epochs"] == "3" and "train.lr" in run.data.params  # fixed and sampled
         history = client.get_metric_history(run.info.run_id, "valid/mae")
         assert [m.step for m in history] == list(range(1, len(history) + 1))

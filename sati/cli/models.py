@@ -209,7 +209,7 @@ def _evaluate(args, store: TrackingStore) -> int:
 def _predict(args, store: TrackingStore) -> int:
     import pandas as pd
 
-    from sati.data.h5format import list_splits, read_split
+    from sati.data.h5format import DataError, list_splits, read_split
     from sati.evaluation import load_predictor
     from sati.predictor import predictions_frame
 
@@ -218,7 +218,10 @@ def _predict(args, store: TrackingStore) -> int:
     frames = []
     for split in splits:
         arrays = read_split(args.data, split)
-        frame = predictions_frame(arrays.ids, predictor.predict_arrays(arrays))
+        try:
+            frame = predictions_frame(arrays.ids, predictor.predict_arrays(arrays))
+        except DataError as err:
+            raise DataError(f"{args.data}: split '{split}': {err}; nothing was written") from None
         frame.insert(1, "split", split)
         frames.append(frame)
     out = Path(args.out)

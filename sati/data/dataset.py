@@ -58,6 +58,7 @@ class SplitDataset:
             text_mask=torch.from_numpy(steps < text_len[:, None]),
             labels=torch.from_numpy(a.labels[idx].astype(np.float32)),
             ids=[a.ids[i] for i in idx],
+            present=torch.from_numpy(np.ascontiguousarray(a.present[idx], dtype=bool)),
         )
         batch["mask"] = batch["av_mask"] | batch["text_mask"]
         if self.tokens is not None:

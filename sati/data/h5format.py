@@ -1,9 +1,10 @@
 """The canonical SATI dataset file (HDF5): one writer, one reader, one checksum.
 
-Layout (format version 1)::
+Layout (format version 2)::
 
     /  attrs: format="sati-dataset", format_version, name, provenance (JSON), checksum (sha256),
-              audio_dim, video_dim, text_feature_dim (0 = none), missing_modalities (JSON list)
+              audio_dim, video_dim, text_feature_dim (0 = none), missing_modalities (JSON list: the
+              modalities no sample of the file has)
     /<split>/ids            [N] str
     /<split>/text           [N] str (raw text, so any tokenizer can run on it)
     /<split>/labels         [N] float32, sentiment in [-3, 3]
@@ -12,16 +13,22 @@ Layout (format version 1)::
     /<split>/video          [N, T, D_v] float32, zero beyond each length
     /<split>/text_features  [N, T_t, D_t] float32 (optional: precomputed text features)
     /<split>/text_lengths   [N] int32 (with text_features)
+    /<split>/present        [N, 3] uint8, 1 where the sample has the modality (columns text, audio,
+                            video); an absent modality is stored as zeros and the model never reads
+                            absence from the values
     /<split>/tokens/<key>/  optional, one group per tokenizer (``sati data prepare --tokenizer``):
         ids [N, L] int32 padded with pad_id, lengths [N] int32; attrs tokenizer (name as given),
         fingerprint (vocabulary and rules), max_length, pad_id, truncated (count), checksum
         (sha256 of ids and lengths). Derived from text, so outside the content checksum.
 
-Splits are ``train``, ``valid`` and ``test``. Files without token groups are still version 1.
+Splits are ``train``, ``valid`` and ``test``. Files without token groups are still version 2.
+Version 1 files (no ``present``) still load: a modality in their ``missing_modalities`` is absent from
+every sample, every other one present in every sample.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -33,8 +40,9 @@ import h5py
 import numpy as np
 
 FORMAT = "sati-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-sample presence (/<split>/present); 1 still reads
 SPLITS = ("train", "valid", "test")
+MODALITIES = ("text", "audio", "video")  # the columns of a presence mask
 
 
 class DataError(ValueError):
@@ -53,9 +61,30 @@ class SplitArrays:
     video: np.ndarray  # [N, T, D_v] float32
     text_features: np.ndarray | None = None  # [N, T_t, D_t] float32
     text_lengths: np.ndarray | None = None  # [N] int32
+    present: np.ndarray | None = None  # [N, 3] bool, text/audio/video held by each sample; None: all
+
+    def __post_init__(self) -> None:
+        if self.present is None:
+            self.present = np.ones((len(self.labels), len(MODALITIES)), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def with_absent(s: SplitArrays, modalities: tuple[str, ...]) -> SplitArrays:
+    """A copy of ``s`` in which every sample lacks ``modalities`` (their features zeroed)."""
+    if not modalities:
+        return s
+    present = s.present.copy()
+    present[:, [MODALITIES.index(m) for m in modalities]] = False
+    zeroed = {m: np.zeros_like(getattr(s, m)) for m in modalities if m != "text"}
+    return dataclasses.replace(s, present=present, **zeroed)
+
+
+def absent_everywhere(splits: dict[str, SplitArrays]) -> tuple[str, ...]:
+    """The modalities no sample of any split has."""
+    held = np.concatenate([s.present for s in splits.values()]).any(0)
+    return tuple(m for m, here in zip(MODALITIES, held) if not here)
 
 
 def content_checksum(splits: dict[str, SplitArrays]) -> str:
@@ -77,6 +106,13 @@ def content_checksum(splits: dict[str, SplitArrays]) -> str:
         ):
             if arr is not None:
                 h.update(np.ascontiguousarray(arr, dtype=dtype).reshape(-1).view(np.uint8))
+    # Per-sample presence joins the hash where a modality is held by some samples and not by others. A
+    # modality held by all or by none is the file's missing_modalities, as in format 1, so files of both
+    # formats with the same contents hash alike.
+    present = np.concatenate([splits[name].present for name in sorted(splits)])
+    if (present.any(0) & ~present.all(0)).any():
+        h.update(b"present")
+        h.update(np.ascontiguousarray(present, dtype=np.uint8).reshape(-1))
     return h.hexdigest()
 
 
@@ -141,11 +177,16 @@ def write_dataset(
     missing_modalities: tuple[str, ...] = (),
     tokens: dict[str, list[StoredTokens]] | None = None,
 ) -> str:
-    """Write ``splits`` (and ``tokens`` per split) atomically (temp file + rename); return the content checksum."""
+    """Write ``splits`` (and ``tokens`` per split) atomically (temp file + rename); return the content checksum.
+
+    ``missing_modalities`` are absent from every sample; with the modalities the splits' ``present``
+    masks leave out everywhere they are the file's ``missing_modalities``."""
     path = Path(path)
     for split in SPLITS:
         if split not in splits:
             raise DataError(f"{path}: split '{split}' missing; a dataset needs {', '.join(SPLITS)}")
+    splits = {name: with_absent(s, tuple(missing_modalities)) for name, s in splits.items()}
+    missing_modalities = absent_everywhere(splits)
     checksum = content_checksum(splits)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -174,6 +215,7 @@ def write_dataset(
             if s.text_features is not None:
                 g.create_dataset("text_features", data=s.text_features.astype(np.float32))
                 g.create_dataset("text_lengths", data=s.text_lengths.astype(np.int32))
+            g.create_dataset("present", data=s.present.astype(np.uint8))
             for t in (tokens or {}).get(split_name, ()):
                 _write_tokens(g, t)
     os.replace(tmp, path)
@@ -255,7 +297,10 @@ def read_split(path: str | Path, split: str) -> SplitArrays:
             video=g["video"][()],
             text_features=g["text_features"][()] if "text_features" in g else None,
             text_lengths=g["text_lengths"][()].astype(np.int64) if "text_lengths" in g else None,
+            present=g["present"][()].astype(bool) if "present" in g else None,
         )
+        if "present" not in g:  # format 1: absence is the file's, for every sample
+            s = with_absent(s, tuple(json.loads(f.attrs.get("missing_modalities", "[]"))))
     check_split(path, split, s)
     return s
 
@@ -320,6 +365,11 @@ def check_split(path: Path | str, split: str, s: SplitArrays) -> None:
     }
     if s.text_features is not None:
         sizes["text_features"] = len(s.text_features)
+    if s.present.shape != (n, len(MODALITIES)):
+        raise DataError(
+            f"{path}: '{split}/present' has shape {list(s.present.shape)}, expected [{n}, {len(MODALITIES)}] "
+            f"(one row per sample, columns {', '.join(MODALITIES)})"
+        )
     for key, size in sizes.items():
         if size != n:
             raise DataError(f"{path}: '{split}/{key}' has {size} rows but '{split}/labels' has {n}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sati.data.h5format import SPLITS, content_checksum, list_tokens, read_info, read_split, read_tokens
+from sati.data.h5format import MODALITIES, SPLITS, content_checksum, list_tokens, read_info, read_split, read_tokens
 
 BINS = np.arange(-3, 4)  # 7 classes: labels clipped to [-3, 3] and rounded (as Acc-7)
 
@@ -25,6 +25,11 @@ def inspect_dataset(path: str | Path) -> tuple[list[str], bool]:
     ]
     if info.missing_modalities:
         lines.append(f"missing   {', '.join(info.missing_modalities)} (zeros in the file; models see no signal there)")
+    absent = np.concatenate([~s.present for s in splits.values()]).sum(0)  # [3] samples without each modality
+    partial = [f"{m} in {n} of {sum(map(len, splits.values()))} samples" for m, n in zip(MODALITIES, absent) if n]
+    partial = [p for p in partial if p.split()[0] not in info.missing_modalities]
+    if partial:
+        lines.append(f"absent    {', '.join(partial)} (marked per sample; the model shuts those streams)")
     lines += ["", f"{'split':<6} {'samples':>7}  {'A/V steps min/med/max':>22}  {'words min/med/max':>18}"]
     for name, s in splits.items():
         words = np.array([len(t.split()) for t in s.text])

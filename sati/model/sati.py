@@ -13,9 +13,14 @@ Data flow (batch-first, H = hidden_size, o = fbp_hidden):
 ``ablation.text_only`` removes audio and video: Z = [LN(T̃) ; LN(T̃)] (the full Z with both gates at 0)
 → the same Transformer, masked mean over the text and head; the aux losses' inputs are then absent.
 
-Audio or video stored as zeros is absent (a dataset without it, a dropped modality): with
-``model.absent_modalities = skip`` a sample's absent stream is shut (g = 0, so its half of Z is LN(T̃)) and
-``present`` tells the losses which modalities the batch has.
+Absence (``model.absent_modalities``): with ``file`` (the default) a modality the batch's presence mask
+(from the dataset file) marks absent for a sample has its stream shut for that sample (g = 0, so its half
+of Z is LN(T̃)), and ``present`` tells the losses which pieces to leave out; ``fuse`` ignores absence;
+``zeros`` (format 1's ``skip``) shuts a stream whose values are all zero and tells the losses which
+modalities the whole batch lacks (``present_in_batch``).
+
+The masked mean over Z and the head run in float32 outside autocast, so under bf16 autocast the
+prediction the metrics see is never rounded to bf16.
 
 Every time mean and attention is masked, so predictions do not depend on how far a batch is padded.
 """
@@ -53,7 +58,8 @@ class SATIOutput:
     domain_features: torch.Tensor | None = None  # [6, B, H] d(ī_t, ī_a, ī_v, s̄_t, s̄_a, s̄_v)
     domain_labels: torch.Tensor | None = None  # [6] long: 0, 1, 2, 0, 1, 2
     domain_classes: torch.Tensor | None = None  # [3, H] class weights W
-    present: torch.Tensor | None = None  # [3] bool: t, a, v present in the batch (None: model.absent_modalities fuse)
+    present: torch.Tensor | None = None  # [B, 3] bool: the t, a, v each sample has (None: all, or absence ignored)
+    present_in_batch: torch.Tensor | None = None  # [3] bool: t, a, v in any sample (model.absent_modalities zeros)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -131,8 +137,6 @@ class SATI(nn.Module):
     def forward(self, batch: Batch) -> SATIOutput:
         av_mask, text_mask, mask = batch.av_mask, batch.text_mask, batch.mask
         av_keep = av_mask.unsqueeze(-1)
-        # a modality a sample lacks is stored as zeros: [B] bool, True where the sample has it
-        has_audio, has_video = (batch.audio != 0).flatten(1).any(1), (batch.video != 0).flatten(1).any(1)
         if batch.text_ids is not None:
             text = self.text_encoder(batch.text_ids, text_mask)
         else:
@@ -169,14 +173,13 @@ class SATI(nn.Module):
             g_v = self.gate_head(self.fbp_video(shared[2], shared[0]))
         else:
             g_a = g_v = torch.ones_like(f_ta[..., :1])
-        present = None
-        if self.cfg.absent_modalities == "skip":  # an absent stream is shut: Z's half is LN(T̃), as in text_only
-            g_a = g_a * has_audio[:, None, None].to(g_a.dtype)
-            g_v = g_v * has_video[:, None, None].to(g_v.dtype)
-            present = torch.stack([text_mask.any(), has_audio.any(), has_video.any()])  # [3] for the losses
+        present, in_batch = self._presence(batch)
+        if present is not None:  # an absent stream is shut: Z's half is LN(T̃), as in text_only
+            g_a = g_a * present[:, 1, None, None].to(g_a.dtype)
+            g_v = g_v * present[:, 2, None, None].to(g_v.dtype)
         z = torch.cat([self.norm_audio(f_ta * g_a + t_pos), self.norm_video(f_tv * g_v + t_pos)], -1)  # [B, T, 2H]
         z = self.fusion(z, src_key_padding_mask=~mask)
-        prediction = self.head(masked_mean(z, mask)).squeeze(-1)  # [B]
+        prediction = self._predict(z, mask)  # [B]
 
         return SATIOutput(
             prediction=prediction,
@@ -188,9 +191,30 @@ class SATI(nn.Module):
             projection_masks=masks,
             reconstructions=recon,
             gates=torch.stack([g_a.squeeze(-1), g_v.squeeze(-1)]),
-            present=present,
+            present=None if in_batch is not None else present,  # zeros: the losses see the batch, as it trained
+            present_in_batch=in_batch,
             **domain,
         )
+
+    def _presence(self, batch: Batch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(per sample [B, 3] bool or None, per batch [3] bool or None) per ``model.absent_modalities``: file
+        reads ``batch.present``; fuse ignores absence; zeros takes a sample whose audio (video) is all zero to
+        lack it, and the batch to lack only what no sample has."""
+        mode = self.cfg.absent_modalities
+        if mode == "fuse":
+            return None, None
+        if mode == "file":
+            return batch.present, None
+        held = torch.stack(
+            [batch.text_mask.any(1), (batch.audio != 0).flatten(1).any(1), (batch.video != 0).flatten(1).any(1)], 1
+        )  # [B, 3]
+        return held, held.any(0)
+
+    def _predict(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """z: [B, T, 2H] fused steps, mask: [B, T] bool → ŷ [B] float32: the masked mean and the head in float32
+        with autocast off (under bf16 autocast the score would otherwise be rounded to bf16, ~0.008 at 1.4)."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self.head(masked_mean(z.float(), mask)).squeeze(-1)
 
     def _forward_text_only(self, text: torch.Tensor, text_mask: torch.Tensor) -> SATIOutput:
         """text: [B, T, D_t] encoded tokens, text_mask: [B, T] bool → the prediction from text alone.
@@ -202,7 +226,7 @@ class SATI(nn.Module):
         t_pos = self.position(torch.sigmoid(self.private[0](u)))  # T̃ = S_t + PE [B, T, H]
         z = torch.cat([self.norm_audio(t_pos), self.norm_video(t_pos)], -1)  # [B, T, 2H]
         z = self.fusion(z, src_key_padding_mask=~text_mask)
-        prediction = self.head(masked_mean(z, text_mask)).squeeze(-1)  # [B]
+        prediction = self._predict(z, text_mask)  # [B]
         shut = torch.zeros(2, *text_mask.shape, dtype=z.dtype, device=z.device)  # [2, B, T] both streams off
         return SATIOutput(
             prediction=prediction,

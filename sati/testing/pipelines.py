@@ -12,6 +12,7 @@ def small_pipeline(data_path: Path, encoder: Path, /, **sections: Any) -> dict:
     """A pipeline mapping: tiny model, 2 epochs at a high learning rate; ``sections`` update the given
     sections (``train={"epochs": 3}``) or replace a top-level value."""
     raw: dict[str, Any] = {
+        "format": 2,
         "name": "test",
         "seed": 7,
         "data": {"path": str(data_path)},

@@ -84,7 +84,7 @@ def order_splits(splits: dict[str, SplitArrays]) -> dict[str, SplitArrays]:
 
 
 def text_only_split(ids: list[str], text: list[str], labels: np.ndarray, audio_dim: int, video_dim: int) -> SplitArrays:
-    """A split with real text and labels and absent audio/video: zeros [N, 1, D], every length 1."""
+    """A split with real text and labels and absent audio/video: zeros [N, 1, D], every length 1, marked absent."""
     n = len(ids)
     return SplitArrays(
         ids=list(ids),
@@ -93,6 +93,7 @@ def text_only_split(ids: list[str], text: list[str], labels: np.ndarray, audio_d
         lengths=np.ones(n, np.int32),
         audio=zeros_modality(n, 1, audio_dim),
         video=zeros_modality(n, 1, video_dim),
+        present=np.tile([True, False, False], (n, 1)),
     )
 
 

@@ -8,7 +8,9 @@ Splits come from ``folds`` (by video) or else from the ``label.csv`` ``mode`` co
 Audio/video time axis: with a words file, one step per word (the mean of the frames that overlap
 the word, as MISA aligns); without one, the segment's frames average-pooled into as many windows
 as its text has words. An absent audio or video file gives zeros of ``audio_dim``/``video_dim``
-(listed in ``missing_modalities``); with both absent every sample has one zero step.
+(listed in ``missing_modalities``); with both absent every sample has one zero step. A video the
+audio or video file has no entry for (CMU-MOSEI's feature files skip a few) gives its segments zeros
+there, marked absent per sample (``SplitArrays.present``); a file with no entry for any video is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sati.data.h5format import SPLITS, DataError, SplitArrays
+from sati.data.h5format import MODALITIES, SPLITS, DataError, SplitArrays
 from sati.ingest.readers.common import (
     DEFAULT_AUDIO_DIM,
     DEFAULT_VIDEO_DIM,
@@ -83,6 +85,12 @@ def read_sdk(
         if m in files:
             with Csd(files[m]) as csd:
                 features[m] = _align(csd, segments)
+            lacking = [s.id for s in segments if s.id not in features[m]]
+            if lacking:
+                notes.append(
+                    f"{m} absent for {len(lacking)} segments ({files[m].name} has no entry for their videos, "
+                    f"e.g. {', '.join(lacking[:5])}): zeros, marked absent per sample"
+                )
     splits = {}
     for split in SPLITS:
         idx = [i for i, s in enumerate(segments) if split_of[s.id] == split]
@@ -187,11 +195,19 @@ def _by_video(segments) -> dict[str, list[Segment]]:
 
 
 def _align(csd: Csd, segments) -> dict[str, np.ndarray]:
-    """Segment id → [L, D]: per-word frame means (words known) or the segment's frames pooled."""
+    """Segment id → [L, D]: per-word frame means (words known) or the segment's frames pooled; segments of
+    videos the file has no entry for are left out (absent), but a file with none of the videos is refused."""
     out, dims = {}, set()
-    for video, group in _by_video(segments).items():
+    by_video = _by_video(segments)
+    if by_video and not set(by_video) & set(csd.entries):
+        video, group = next(iter(by_video.items()))
+        raise DataError(
+            f"{csd.path}: no entry for any video of the labels (e.g. {video}, {len(group)} segments); "
+            "is it the features file of another dataset?"
+        )
+    for video, group in by_video.items():
         if video not in csd.entries:
-            raise DataError(f"{csd.path}: no entry for video {video} ({len(group)} segments)")
+            continue
         feats, ivals = csd.entry(video)
         order = np.argsort(ivals[:, 0], kind="stable")
         feats, ivals = sanitize(feats[order]), ivals[order]
@@ -219,14 +235,15 @@ def _split(segments, idx: list[int], features: dict, audio_dim: int, video_dim: 
     labels = np.array([s.label for s in segs], dtype=np.float32)
     if not features:
         return text_only_split(ids, text, labels, audio_dim, video_dim)
-    present = next(iter(features.values()))
-    lengths = np.array([max(1, len(present[i])) for i in ids], dtype=np.int32)
+    held = np.array([[i in features.get(m, ()) for m in MODALITIES[1:]] for i in ids]).reshape(len(ids), 2)
+    lengths = np.array([max([1] + [len(f[i]) for f in features.values() if i in f]) for i in ids], dtype=np.int32)
     t = int(lengths.max())
     arrays = {}
     for m, dim in (("audio", audio_dim), ("video", video_dim)):
         if m in features:
-            seqs = [features[m][i] for i in ids]
-            arrays[m] = pad_stack(seqs, seqs[0].shape[1], t)
+            dim = next(iter(features[m].values())).shape[1]
+            arrays[m] = pad_stack([features[m].get(i, np.zeros((0, dim), np.float32)) for i in ids], dim, t)
         else:
             arrays[m] = zeros_modality(len(ids), t, dim)
-    return SplitArrays(ids=ids, text=text, labels=labels, lengths=lengths, **arrays)
+    present = np.concatenate([np.ones((len(ids), 1), bool), held], 1)  # text, audio, video
+    return SplitArrays(ids=ids, text=text, labels=labels, lengths=lengths, present=present, **arrays)
