@@ -43,21 +43,24 @@ ZEN = "Beautiful is better than ugly"  # what importing the module `this` prints
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = MlflowServer(tmp_path_factory.mktemp("mlflow-security"))
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def registered(tmp_path_factory, server, synth_path, tiny_encoder) -> dict:
-    """A trained trial promoted as ``sati-secure`` v1, and where its files are in the artifact store."""
+def registered(tmp_path_factory, synth_path, tiny_encoder):
+    """A real ``mlflow server`` holding a trained trial promoted as ``sati-secure`` v1, and where that
+    version's files are in its artifact store."""
     root = tmp_path_factory.mktemp("registered")
-    search = record_trained_search(TrackingStore(server.uri), "security", synth_path, tiny_encoder, root / "run")
-    rc, out = _cli(["promote", search, "--model-name", MODEL], server.uri, root)
-    assert rc == 0, out[-3000:]
-    version = _client(server.uri).get_model_version(MODEL, "1")
-    return {"uri": f"models:/{MODEL}/1", "files": _stored_model(server, version), "search": search}
+    server = MlflowServer(root / "mlflow")
+    try:
+        search = record_trained_search(TrackingStore(server.uri), "security", synth_path, tiny_encoder, root / "run")
+        rc, out = _cli(["promote", search, "--model-name", MODEL], server.uri, root)
+        assert rc == 0, out[-3000:]
+        version = _client(server.uri).get_model_version(MODEL, "1")
+        yield {"server": server, "uri": f"models:/{MODEL}/1", "files": _stored_model(server, version)}
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def server(registered) -> MlflowServer:
+    return registered["server"]
 
 
 def _client(uri: str) -> MlflowClient:
@@ -77,12 +80,24 @@ class _Changed:
     def __init__(self, folder: Path):
         self.folder, self.saved = folder, {}
 
-    def write(self, rel: str, data: bytes) -> Path:
+    def keep(self, rel: str) -> Path:
+        """The file's path, its contents remembered to be put back."""
         path = self.folder / rel
         self.saved.setdefault(rel, path.read_bytes() if path.exists() else None)
+        return path
+
+    def write(self, rel: str, data: bytes) -> Path:
+        path = self.keep(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         return path
+
+    def checkpoint(self, edit) -> None:
+        """Rewrite the stored ``best.pt`` with ``edit(checkpoint dict)`` applied."""
+        path = self.keep("artifacts/best.pt")
+        ckpt = torch.load(path, weights_only=True)
+        edit(ckpt)
+        torch.save(ckpt, path)
 
     def restore(self) -> None:
         for rel, data in self.saved.items():
@@ -151,12 +166,11 @@ def test_a_planted_bytecode_file_never_runs(tmp_path, server, registered, change
 
 def test_a_changed_checkpoint_is_refused_naming_it(tmp_path, server, registered, changed, synth_path):
     # the attack of the issue: 2.5 added to the last bias moved every prediction, with no warning
-    path = registered["files"] / "artifacts/best.pt"
-    ckpt = torch.load(path, weights_only=True)
-    last_bias = [k for k in ckpt["model"] if k.endswith("bias")][-1]
-    ckpt["model"][last_bias] += 2.5
-    changed.write("artifacts/best.pt", b"")
-    torch.save(ckpt, path)
+    def shift_last_bias(ckpt):
+        last_bias = [k for k in ckpt["model"] if k.endswith("bias")][-1]
+        ckpt["model"][last_bias] += 2.5
+
+    changed.checkpoint(shift_last_bias)
     out_csv = tmp_path / "p.csv"
     rc, out = _predict(registered["uri"], synth_path, out_csv, server.uri)
     assert rc == 2, out[-3000:]
@@ -167,11 +181,12 @@ def test_a_changed_checkpoint_is_refused_naming_it(tmp_path, server, registered,
 def test_a_checkpoint_naming_another_module_is_refused_and_nothing_is_imported(
     tmp_path, server, registered, changed, synth_path
 ):
-    path = registered["files"] / "artifacts/best.pt"
-    ckpt = torch.load(path, weights_only=True)
-    ckpt["config"]["model"]["text_encoder"] = "package:this"  # imported an arbitrary module at load
-    changed.write("artifacts/best.pt", b"")
-    torch.save(ckpt, path)
+    def name_another_module(ckpt):
+        # the encoder's frozen weights "come from" the module the config names: loading imported it
+        ckpt["config"]["model"]["text_encoder"] = "package:this"
+        ckpt["frozen"] = {"text_encoder": "package:this", "resolved": "", "sha256": "0" * 64, "tensors": 1}
+
+    changed.checkpoint(name_another_module)
     args = ["evaluate", registered["uri"], "--data", str(synth_path), "--split", "valid", "--no-log"]
     rc, out = _cli(args, server.uri, tmp_path)
     assert rc == 2, out[-3000:]
@@ -205,11 +220,7 @@ def test_reproduce_reads_a_registered_models_config_from_its_verified_checkpoint
         rerun.write_bytes(saved)
     assert cfg.train.epochs == 1 and f"{MODEL} v1" in what
 
-    path = registered["files"] / "artifacts/best.pt"
-    ckpt = torch.load(path, weights_only=True)
-    ckpt["config"]["train"]["epochs"] = 999
-    changed.write("artifacts/best.pt", b"")
-    torch.save(ckpt, path)
+    changed.checkpoint(lambda ckpt: ckpt["config"]["train"].update(epochs=999))
     with pytest.raises(ManifestError, match="artifacts/best.pt changed after registration"):
         resolve_source(registered["uri"], [], server.uri)
 
@@ -437,8 +448,7 @@ def test_the_search_account_cannot_write_a_promoted_model(tmp_path, monkeypatch,
 
         # the admin's own predictions still run on the model as registered
         out_csv = tmp_path / "p.csv"
-        args = ["predict", "models:/secured-model@champion", "--data", str(synth_path), "--out", str(out_csv)]
-        rc, out = _cli(args, server.uri, tmp_path, **admin)
+        rc, out = _predict("models:/secured-model@champion", synth_path, out_csv, server.uri, **admin)
         assert rc == 0 and out_csv.exists(), out[-3000:]
     finally:
         server.stop()

@@ -218,9 +218,9 @@ def _download_model(store: TrackingStore, model_uri: str, dst: Path) -> Path:
 def resolve_version(store: TrackingStore, model_uri: str):
     """The registered version a model URI names: ``models:/NAME/N``, ``models:/NAME@ALIAS``, or
     ``runs:/<trial run id>/model`` (the version registered from that trial)."""
-    described = describe_model_uri(store, model_uri)
-    if described:
-        return get_version(store, described["name"], described["version"])
+    named = named_version(store, model_uri)
+    if named is not None:
+        return named
     m = re.match(r"^runs:/([0-9a-f]{32})/", model_uri)
     found = store.client.search_model_versions(f"run_id = '{m.group(1)}'") if m else []
     if len(found) == 1:
@@ -239,13 +239,8 @@ class VerifiedModel:
     """A registered version downloaded and checked file by file against its manifest."""
 
     path: Path  # the local model folder
-    name: str
-    version: str
+    source: str  # how messages name it: the URI and the version, ``models:/m@champion (m v3)``
     manifest: Manifest
-
-    @property
-    def source(self) -> str:
-        return f"{self.name} v{self.version}"
 
     def artifact(self, key: str) -> str | None:
         """The path in the model of its pyfunc artifact ``key`` (``checkpoint``, ``text_encoder``), from
@@ -283,10 +278,11 @@ def download_verified(store: TrackingStore, model_uri: str, dst: Path) -> Verifi
     before anything of the model is read."""
     version = resolve_version(store, model_uri)
     name, number = version.name, str(version.version)
-    manifest = Manifest.from_tags(dict(version.tags), f"{model_uri} ({name} v{number})")
-    local = _download_model(store, f"models:/{name}/{number}", dst)
-    verify_files(local, manifest, f"{model_uri} ({name} v{number})")
-    return VerifiedModel(local, name, number, manifest)
+    source = f"{model_uri} ({name} v{number})"
+    manifest = Manifest.from_tags(dict(version.tags), source)
+    local = _download_model(store, f"models:/{name}/{number}", dst)  # the version's files, whatever the URI
+    verify_files(local, manifest, source)
+    return VerifiedModel(local, source, manifest)
 
 
 def load_verified(store: TrackingStore, model_uri: str, dst: Path | None = None):
@@ -345,18 +341,33 @@ def logged_model_id(version) -> str:
     return source.removeprefix("models:/") if source.startswith("models:/m-") else ""
 
 
+def named_version(store: TrackingStore, model_uri: str):
+    """The version ``models:/name/version`` or ``models:/name@alias`` names; None for other URIs. A name,
+    version or alias the registry does not hold is a ``RegistryError`` naming it."""
+    m = re.match(r"^models:/([^/@]+)(?:/(\d+)|@([\w-]+))$", model_uri)
+    if not m:
+        return None
+    name, version, alias = m.groups()
+    if alias:
+        mv = version_by_alias(store, name, alias)
+        if mv is None:
+            raise RegistryError(f"{model_uri}: registered model {name!r} has no alias {alias!r}")
+        return mv
+    require_model(store, name)
+    try:
+        return get_version(store, name, version)
+    except Exception:
+        raise RegistryError(f"{model_uri}: registered model {name!r} has no version {version}") from None
+
+
 def describe_model_uri(store: TrackingStore, model_uri: str) -> dict[str, Any]:
     """For ``models:/name/version`` or ``models:/name@alias``: name, version, model id, source run and
     the version's evidence; {} for other URIs."""
-    m = re.match(r"^models:/([^/@]+)(?:/(\d+)|@([\w-]+))$", model_uri)
-    if not m:
-        return {}
-    name, version, alias = m.groups()
-    mv = version_by_alias(store, name, alias) if alias else get_version(store, name, version)
+    mv = named_version(store, model_uri)
     if mv is None:
-        raise RegistryError(f"{model_uri}: registered model {name!r} has no alias {alias!r}")
+        return {}
     return {
-        "name": name,
+        "name": mv.name,
         "version": str(mv.version),
         "model_id": logged_model_id(mv),
         "run_id": mv.run_id or "",
