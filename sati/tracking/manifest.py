@@ -120,10 +120,11 @@ class Manifest:
             )
         try:
             doc = json.loads(text)
-            files, encoder = doc["files"], doc["text_encoder"]
-            assert doc["format"] == FORMAT and isinstance(encoder, str) and isinstance(files, dict)
-        except (ValueError, KeyError, TypeError, AssertionError):
-            raise ManifestError(f"{source}: its manifest is not a sati manifest of format {FORMAT}") from None
+            files, encoder, form = doc["files"], doc["text_encoder"], doc["format"]
+        except (ValueError, KeyError, TypeError):
+            files = encoder = form = None
+        if form != FORMAT or not isinstance(encoder, str) or not isinstance(files, dict):
+            raise ManifestError(f"{source}: its manifest is not a sati manifest of format {FORMAT}")
         return cls({str(k): str(v) for k, v in files.items()}, encoder)
 
 
