@@ -10,8 +10,14 @@ admin, against the basic-auth server (REST API only, standard library only). Ide
    but not delete the experiment or its runs, nor give anyone permissions on it (MANAGE);
 3. experiments the account made itself (MLflow gives the creator MANAGE) are lowered to EDIT;
 4. the model registry is closed to it: DENY on every registered model and prompt, so it can
-   neither register nor alias models. Promotion (`sati promote`) is done by a person, with an
-   account of their own.
+   neither register nor alias models, nor change a version's tags (its file manifest);
+5. so are logged models, in every experiment: DENY on logged models (MLflow grants them by
+   wildcard only). `sati promote` logs the promoted model into the search's experiment, where this
+   account has EDIT; without this DENY it could write files into a promoted model
+   (`<experiment>/models/m-*/artifacts/`: a `.pyc`, a changed `best.pt`). A search never logs a
+   model (its driver logs runs, metrics and run artifacts only), so the DENY takes nothing it needs.
+
+Promotion (`sati promote`) is done by a person, with an account of their own.
 
 Everything else follows the server's `default_permission` (READ in the stack). Secrets come
 from the environment only and are never printed.
@@ -28,7 +34,8 @@ import urllib.parse
 import urllib.request
 
 EDIT, MANAGE, DENY = "EDIT", "MANAGE", "DENY"
-REGISTRY_TYPES = ("registered_model", "prompt")
+# Denied to the account: the registry, and the logged models that promoted versions point at.
+DENIED_TYPES = ("registered_model", "prompt", "logged_model")
 
 
 class ApiError(RuntimeError):
@@ -127,7 +134,7 @@ def main() -> int:
             if row["resource_type"] == "experiment" and row["permission"] == MANAGE:
                 set_grant(server, user, "experiment", row["resource_pattern"], EDIT)
                 print(f"mlflow-users: {user}: MANAGE on experiment {row['resource_pattern']} lowered to EDIT")
-        for resource_type in REGISTRY_TYPES:
+        for resource_type in DENIED_TYPES:
             set_grant(server, user, resource_type, "*", DENY)
     except ApiError as e:
         if e.status == 401:
@@ -138,7 +145,9 @@ def main() -> int:
         else:
             print(f"mlflow-users: {e}")
         return 1
-    print(f"mlflow-users: {user}: EDIT on {', '.join(experiments) or 'no experiment'}; registry denied")
+    print(
+        f"mlflow-users: {user}: EDIT on {', '.join(experiments) or 'no experiment'}; registry and logged models denied"
+    )
     return 0
 
 

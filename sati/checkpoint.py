@@ -171,6 +171,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def read_config(path: str | Path) -> dict:
+    """The resolved config embedded in a checkpoint, read with ``weights_only`` and its tensors memory-mapped
+    rather than loaded."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"{path}: not a SATI checkpoint (no config in it)")
+    return ckpt["config"]
+
+
 def _referenced_weights(path: Path, ref: dict[str, str], map_location) -> dict:
     """The weights ``ref`` names: the file beside ``path``, or its kept previous version, by sha256."""
     for candidate in (path.parent / ref["file"], path.parent / (ref["file"] + ".prev")):

@@ -108,8 +108,10 @@ def conditions_latex(results: dict[Condition, list[dict[str, float]]], split: st
 
 
 def load_predictor(store: TrackingStore, model_uri: str) -> SATIPredictor:
-    """A model by URI: ``models:/name@alias``, ``models:/name/3``, ``runs:/<id>/model`` or a model folder
-    (logged by ``sati promote``), ``runs:/<trial run id>`` (its ``checkpoint/best.pt``), or a ``.pt`` file."""
+    """A model by URI: a registered version (``models:/name@alias``, ``models:/name/3``, or
+    ``runs:/<trial run id>/model``: the version registered from that trial), loaded only after its files
+    are verified against its manifest; ``runs:/<trial run id>`` (its ``checkpoint/best.pt``); or a ``.pt``
+    file. Checkpoints are read with ``weights_only`` and run no code of their own."""
     from sati.tracking.registry import load_registered
     from sati.tracking.searches import download_checkpoint
 

@@ -12,31 +12,38 @@ It lives below both ``sati.data`` (which tokenizes) and ``sati.model`` (which bu
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 PRECOMPUTED = "precomputed"
 
 
 def resolve_text_encoder(name: str) -> str:
-    """Turn ``package:<module>`` into the folder it ships; other names pass through unchanged."""
+    """Turn ``package:<module>`` into the model folder it ships (``config.json`` in the package's folder
+    or in its ``model/`` folder), found on disk without importing the package: a name that is no such
+    package (``package:this``, any other installed module) is refused and nothing of it runs. Other
+    names pass through unchanged."""
     if not name.startswith("package:"):
         return name
-    module_name = name.split(":", 1)[1]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
+    from importlib.util import find_spec
+
+    parts = name.split(":", 1)[1].split(".")
+    if not all(p.isidentifier() for p in parts):
+        raise ValueError(f"model.text_encoder = {name!r}: expected package:<module>, a Python module name")
+    spec = find_spec(parts[0])  # finding a top-level module runs nothing of it
+    if spec is None:
         raise ValueError(
-            f"model.text_encoder = {name!r}: Python package {module_name!r} is not installed "
-            f"(pip install {module_name.replace('_', '-')})"
-        ) from None
-    if hasattr(module, "get_model_path"):
-        return str(module.get_model_path())
-    root = Path(module.__file__).parent
-    for candidate in (root, root / "model"):
+            f"model.text_encoder = {name!r}: Python package {parts[0]!r} is not installed "
+            f"(pip install {parts[0].replace('_', '-')})"
+        )
+    locations = list(spec.submodule_search_locations or [])
+    root = Path(locations[0]).joinpath(*parts[1:]) if locations else None
+    for candidate in (root, root / "model") if root else ():
         if (candidate / "config.json").is_file():
             return str(candidate)
-    raise ValueError(f"model.text_encoder = {name!r}: no Hugging Face model folder (config.json) in {root}")
+    raise ValueError(
+        f"model.text_encoder = {name!r}: {'.'.join(parts)!r} is not a package folder that ships a Hugging Face "
+        "model (config.json in it or in its model/ folder); it was not imported"
+    )
 
 
 def load_tokenizer(name: str):

@@ -7,10 +7,13 @@ Each step finishes before the next one writes to the registry:
    between the two steps); this module starts no Ray;
 2. ``promote``: download the chosen checkpoint and check that the data file is the one the search
    validated on; log it as an MLflow pyfunc model and register a new version with its ``Evidence``;
-3. load that version back from the registry: it must reproduce the logged validation metric, or the
-   version is deleted again and nothing is promoted;
+3. record the version's file manifest (``sati.tracking.manifest``) and load the version back from the
+   registry, verified against it: it must reproduce the logged validation metric, or the version is
+   deleted again and nothing is promoted;
 4. ``gate``: ``champion`` moves to the new version only if it beats the current champion by
-   ``min_delta`` (the old one becomes ``previous-champion``); otherwise it becomes ``challenger``.
+   ``min_delta`` (the old one becomes ``previous-champion``); otherwise it becomes ``challenger``. A
+   version registered before, gated again, and the version a rollback makes champion have their files
+   verified first.
 """
 
 from __future__ import annotations
@@ -140,12 +143,18 @@ def promote(
     search = selection.search_of(store, trial)
     console(f"candidate: trial run {trial.run_id} ({trial.name}), {metric} = {value:.4f}")
     existing = registry.version_of_run(store, name, trial.run_id)
+    if existing is not None and contract.MANIFEST_SHA256 not in existing.tags:
+        console(
+            f"{name} v{existing.version} has no file manifest (registered before sati recorded one): registering again"
+        )
+        existing = None
     if existing is not None:  # registered before: do not register it twice, only gate it again
         evidence = Evidence.from_tags(dict(existing.tags))
         if CHAMPION in existing.aliases:
             console(f"trial run {trial.run_id} is already {name} v{existing.version}, the champion")
             return PromotionResult(name, str(existing.version), CHAMPION, "already champion", evidence)
         console(f"trial run {trial.run_id} is already {name} v{existing.version}; gating that version")
+        registry.verify_version(store, name, str(existing.version))  # its files are still as registered
         return _apply_gate(store, name, str(existing.version), evidence, min_delta, console)
     with tempfile.TemporaryDirectory(prefix="sati-promote-") as tmp:
         version, evidence = _register_checked(
@@ -227,9 +236,8 @@ def _register_checked(
     )
     v = str(version.version)
     try:
-        # what runs when the version is loaded, as it is in the artifact store: verified before every load
-        code = registry.code_checksum(store, f"models:/{name}/{v}")
-        registry.set_version_tags(store, name, v, {contract.CODE_SHA256: code})
+        # every file of the version as the artifact store holds it: verified before every load
+        registry.record_manifest(store, name, v, predictor.cfg.model.text_encoder)
         check = _reproduce(store, f"models:/{name}/{v}", valid, logged, metric, tolerance, predictor.precision)
     except BaseException:
         registry.delete_version(store, name, v, drop_model=created)
@@ -350,6 +358,7 @@ def rollback(store: TrackingStore, model_name: str, console: Callable[[str], Non
             raise PromotionError(f"registered model {model_name!r} has no previous champion to roll back to")
         history = [str(previous.version)] + history[-1:]
     rolled = history.pop()
+    registry.verify_version(store, model_name, history[-1])  # the champion-to-be's files are as registered
     registry.set_champion_history(store, model_name, history)
     registry.set_alias(store, model_name, CHAMPION, history[-1])
     registry.set_alias(store, model_name, PREVIOUS, history[-2] if len(history) > 1 else None)

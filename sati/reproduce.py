@@ -126,11 +126,11 @@ def resolve_source(
     source: str, overrides: list[str], tracking_uri: str | None
 ) -> tuple[PipelineConfig, TrackingStore, str]:
     """(config, tracking store, what it came from) for a pipeline file, ``models:/NAME@ALIAS`` or
-    ``models:/NAME/N`` (the version's trial run), or a trial run id. A registered model or run is read
-    from ``tracking_uri`` and the reproduction is logged there too; a pipeline's own ``tracking.uri``
-    holds unless ``tracking_uri`` is given."""
+    ``models:/NAME/N`` (the config in the version's checkpoint, its files verified), or a trial run id.
+    A registered model or run is read from ``tracking_uri`` and the reproduction is logged there too; a
+    pipeline's own ``tracking.uri`` holds unless ``tracking_uri`` is given."""
     if source.startswith("models:/"):
-        from sati.tracking.registry import describe_model_uri
+        from sati.tracking.registry import describe_model_uri, verified_config
 
         store = TrackingStore.open(tracking_uri)
         try:
@@ -141,10 +141,10 @@ def resolve_source(
             raise TrackingError(f"{source}: no such registered model version at {store.uri} ({err})") from None
         if not described:
             raise ReproductionError(f"{source}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-        run_id = described["evidence"].trial_run_id
-        if not run_id:
-            raise TrackingError(f"{source}: the version has no sati.trial_run_id tag; which run trained it is unknown")
-        raw, what = config_of_run(store, run_id), f"{source} (trial run {run_id})"
+        # the config inside the version's own checkpoint, its files verified against the version's manifest
+        # (its trial run's artifacts are the search's to write, not the registry's)
+        raw = verified_config(store, source)
+        what = f"{source} ({described['name']} v{described['version']}, trial run {described['run_id'] or '?'})"
     elif RUN_ID.fullmatch(source) and not Path(source).exists():
         store = TrackingStore.open(tracking_uri)
         raw, what = config_of_run(store, source), f"run {source}"

@@ -516,6 +516,7 @@ def test_mlflow_users_grants_exactly_what_a_search_needs(monkeypatch, dummy_env)
         ("experiment", "7"): "EDIT",  # its own experiment: MANAGE lowered
         ("registered_model", "*"): "DENY",  # promotion is a person's job, with their own account
         ("prompt", "*"): "DENY",
+        ("logged_model", "*"): "DENY",  # promoted models: it never logs one (test_security_model.py)
     }
     assert all(
         body.get("username") == dummy_env["SATI_MLFLOW_USERNAME"] for _, p, body in fake.calls if "permissions/" in p

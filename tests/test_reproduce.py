@@ -355,20 +355,19 @@ def test_rerun_of_a_cpu_trial_is_exact_and_a_changed_data_file_is_refused(reprod
 
 @pytest.mark.slow
 def test_a_registered_model_or_a_trial_run_gives_its_trials_configuration(reproduction):
+    from sati.promote import Selection, promote
     from sati.reproduce import reproduction_seeds, resolve_source
+    from sati.tracking.store import RunInfo, TrackingStore
 
     r = reproduction
-    client, uri = r["client"], r["uri"]
+    uri = r["uri"]
     runs = {(run.data.tags["sati.variant"], run.data.tags["sati.seed"]): run for run in r["children"]}
     trial = runs[("full", "7")]
-    client.create_registered_model("rep-model")
-    version = client.create_model_version(
-        "rep-model",
-        f"runs:/{trial.info.run_id}/model",
-        trial.info.run_id,
-        tags={"sati.trial_run_id": trial.info.run_id},
-    )
-    client.set_registered_model_alias("rep-model", "champion", version.version)
+    # registered as `sati promote` registers a trial (its files' manifest on the version)
+    store = TrackingStore(uri)
+    selection = Selection({r["parent"].info.run_id: RunInfo.of(r["parent"])}, "valid/mae", "min", "rep-model", [])
+    chosen = (RunInfo.of(trial), trial.data.metrics["best/valid/mae"])
+    assert promote(store, selection, chosen=chosen, console=lambda line: None).alias == "champion"
 
     cfg, store, what = resolve_source("models:/rep-model@champion", ["train.epochs=3"], uri)
     assert store.uri == uri == cfg.tracking.uri and trial.info.run_id in what

@@ -137,7 +137,7 @@ def _promote(args, store: TrackingStore) -> int:
         data=args.data,
     )
     print(
-        f"\nload it:  mlflow.pyfunc.load_model('models:/{result.model_name}@{result.alias}')\n"
+        f"\nload it:  sati.load_verified('models:/{result.model_name}@{result.alias}')  (its files checked first)\n"
         f"evaluate: sati evaluate models:/{result.model_name}/{result.version} --split test --tracking-uri {store.uri}"
     )
     return 0

@@ -165,9 +165,22 @@ def answers(url: str) -> Callable[[], bool]:
 
 class MlflowServer:
     """``mlflow server`` on 127.0.0.1 (one worker, no job runner): backend store ``sqlite`` (a file in
-    ``root``) or a database URL such as ``Postgres.url``; artifacts proxied to ``root/artifacts``."""
+    ``root``) or a database URL such as ``Postgres.url``; artifacts proxied to ``root/artifacts``.
 
-    def __init__(self, root: Path, backend: str = "sqlite", env: dict | None = None, wait: bool = True):
+    With ``admin_password``, MLflow's basic-auth app (``--app-name basic-auth``, needs ``mlflow[auth]``)
+    as ``docker/compose.yaml`` runs it: users in ``root/auth.db``, the admin ``AUTH_ADMIN`` made at the first
+    start with that password, READ for everyone on what they were granted nothing on."""
+
+    AUTH_ADMIN = "admin"
+
+    def __init__(
+        self,
+        root: Path,
+        backend: str = "sqlite",
+        env: dict | None = None,
+        wait: bool = True,
+        admin_password: str | None = None,
+    ):
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.port = free_port()
@@ -175,7 +188,25 @@ class MlflowServer:
         store = f"sqlite:///{root / 'mlflow.db'}" if backend == "sqlite" else backend
         argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", self.port, "--workers",
                 "1", "--backend-store-uri", store, "--artifacts-destination", root / "artifacts"]  # fmt: skip
-        self.service = Service("mlflow", argv, root / "server.log", env or loopback_env())
+        env = env or loopback_env()
+        if admin_password is not None:
+            import secrets
+
+            config = root / "basic_auth.ini"
+            config.write_text(
+                "[mlflow]\ndefault_permission = READ\n"
+                f"database_uri = sqlite:///{root / 'auth.db'}\nadmin_username = {self.AUTH_ADMIN}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                "auth_cache_ttl_seconds = 60\n"  # one password hash per user a minute, not one per request
+            )
+            env = {
+                **env,
+                "MLFLOW_AUTH_CONFIG_PATH": str(config),
+                "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
+            }
+            argv += ["--app-name", "basic-auth"]
+        self.service = Service("mlflow", argv, root / "server.log", env)
         if wait:
             self.wait_ready()
 

@@ -75,7 +75,8 @@ _SAMPLED_PREFIX = "sampled."  # search trial: the values Optuna sampled
 
 # Model-version tags besides the evidence
 CHECK = "sati.check"  # the reload check's outcome
-CODE_SHA256 = "sati.code_sha256"  # sha256 over the model's code files as registered (verified before loading)
+MANIFEST_SHA256 = "sati.manifest_sha256"  # sha256 of the manifest JSON (sati.tracking.manifest); written last
+_MANIFEST_PART_PREFIX = "sati.manifest."  # + 0, 1, ...: the manifest JSON in parts of at most 5000 characters
 GATE = "sati.gate"  # the champion gate's decision and reason
 ROLLED_BACK = "sati.rolled_back"
 _EVALUATION_PREFIX = "sati.evaluation."  # + split: the evaluation run of this version
@@ -106,6 +107,11 @@ def versions_from_tags(tags: dict[str, str]) -> dict[str, str]:
 def sampled_tag(key: str) -> str:
     """Search-trial tag holding the sampled value of config key ``key``."""
     return _SAMPLED_PREFIX + key
+
+
+def manifest_part_tag(index: int) -> str:
+    """Model-version tag holding part ``index`` (0, 1, ...) of the version's manifest JSON."""
+    return f"{_MANIFEST_PART_PREFIX}{index}"
 
 
 def evaluation_tag(split: str) -> str:

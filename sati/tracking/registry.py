@@ -7,14 +7,21 @@ that were champion, oldest first, for ``--rollback``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sati.tracking import contract as c
+from sati.tracking.manifest import (
+    Manifest,
+    build_manifest,
+    check_text_encoder,
+    no_bytecode_written,
+    verify_files,
+)
 from sati.tracking.store import RunInfo, TrackingError, TrackingStore
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous-champion", "challenger"
@@ -55,7 +62,8 @@ def log_and_register(
     if text_encoder is not None:
         artifacts["text_encoder"] = str(text_encoder)
     tags = {c.ROLE: c.Role.PROMOTION.value, c.PARENT_RUN: trial.run_id, c.MODEL_NAME: model_name}
-    with mlflow.start_run(experiment_id=search.experiment_id, run_name=run_name, tags=tags):
+    # MLflow loads the model once to check the input example: from source, leaving no bytecode in it
+    with mlflow.start_run(experiment_id=search.experiment_id, run_name=run_name, tags=tags), no_bytecode_written():
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(package / "serving_model.py"),
@@ -180,12 +188,18 @@ def delete_version(store: TrackingStore, name: str, version: str | int, drop_mod
         store.client.delete_registered_model(name)
 
 
-def code_checksum(store: TrackingStore, model_uri: str) -> str:
-    """sha256 over the files of a logged model that run or decide what runs when it is loaded (the
-    ``sati`` code, ``python_model``, ``MLmodel``, the environment files): every file but ``artifacts/``
-    (the checkpoint, read with ``weights_only``, and the encoder's config and tokenizer)."""
-    with tempfile.TemporaryDirectory(prefix="sati-code-") as tmp:
-        return _code_sha256(_download_model(store, model_uri, Path(tmp)))
+# --------------------------------------------------------------------------------------------
+# The manifest: recorded at registration, verified before every load (sati.tracking.manifest)
+
+
+def record_manifest(store: TrackingStore, name: str, version: str | int, text_encoder: str) -> Manifest:
+    """Hash every file of the version's logged model, as the store holds it, into its manifest tags."""
+    source = f"{name} v{version}"
+    with tempfile.TemporaryDirectory(prefix="sati-manifest-") as tmp:
+        local = _download_model(store, f"models:/{name}/{version}", Path(tmp))
+        manifest = build_manifest(local, text_encoder, source)
+    set_version_tags(store, name, version, manifest.to_tags())
+    return manifest
 
 
 def _download_model(store: TrackingStore, model_uri: str, dst: Path) -> Path:
@@ -201,67 +215,120 @@ def _download_model(store: TrackingStore, model_uri: str, dst: Path) -> Path:
         ) from None
 
 
-# Written by MLflow into each download of a models:/ URI (the name and version or alias it came from).
-DOWNLOAD_NOTE = "registered_model_meta"
-
-
-def _code_sha256(model_dir: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-        rel = path.relative_to(model_dir).as_posix()
-        if rel.startswith("artifacts/") or "__pycache__" in rel or rel == DOWNLOAD_NOTE:
-            continue
-        h.update(rel.encode() + b"\0")
-        h.update(hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()
-
-
-def _recorded_code_sha256(store: TrackingStore, model_uri: str) -> tuple[str | None, str]:
-    """(the checksum recorded at registration, the version it was read from) for a registered model's URI."""
-    described = describe_model_uri(store, model_uri)
-    if described:
-        version = get_version(store, described["name"], described["version"])
-        return version.tags.get(c.CODE_SHA256), f"{described['name']} v{described['version']}"
+def resolve_version(store: TrackingStore, model_uri: str):
+    """The registered version a model URI names: ``models:/NAME/N``, ``models:/NAME@ALIAS``, or
+    ``runs:/<trial run id>/model`` (the version registered from that trial)."""
+    named = named_version(store, model_uri)
+    if named is not None:
+        return named
     m = re.match(r"^runs:/([0-9a-f]{32})/", model_uri)
-    if m:
-        for version in store.client.search_model_versions(f"run_id = '{m.group(1)}'"):
-            return version.tags.get(c.CODE_SHA256), f"{version.name} v{version.version}"
-    return None, model_uri
+    found = store.client.search_model_versions(f"run_id = '{m.group(1)}'") if m else []
+    if len(found) == 1:
+        return found[0]
+    if found:
+        named = ", ".join(f"models:/{v.name}/{v.version}" for v in found)
+        raise RegistryError(f"{model_uri}: several versions were registered from that run ({named}); name one")
+    raise RegistryError(
+        f"{model_uri}: not a registered model version (expected models:/NAME/VERSION or models:/NAME@ALIAS); "
+        "sati loads registered models only, whose files it can verify"
+    )
 
 
-def load_registered(store: TrackingStore, model_uri: str):
-    """The ``SATIPredictor`` inside an MLflow model logged by ``sati promote`` (any model URI).
+@dataclass(frozen=True)
+class VerifiedModel:
+    """A registered version downloaded and checked file by file against its manifest."""
 
-    Loading such a model runs the ``sati`` code stored with it. It is downloaded first and its code
-    checksum compared with the one recorded on the version at registration; a changed artifact is
-    refused before anything of it is imported. The verified copy stays on disk for this process."""
+    path: Path  # the local model folder
+    source: str  # how messages name it: the URI and the version, ``models:/m@champion (m v3)``
+    manifest: Manifest
+
+    def artifact(self, key: str) -> str | None:
+        """The path in the model of its pyfunc artifact ``key`` (``checkpoint``, ``text_encoder``), from
+        its (verified) ``MLmodel``."""
+        import yaml
+
+        meta = yaml.safe_load((self.path / "MLmodel").read_text())
+        found = meta.get("flavors", {}).get("python_function", {}).get("artifacts", {}).get(key)
+        return found["path"] if found else None
+
+    def checkpoint_config(self) -> dict:
+        """The resolved config inside the model's checkpoint, once its text encoder is found to be the one
+        the manifest covers (``check_text_encoder``)."""
+        from sati.checkpoint import read_config
+
+        checkpoint = self.artifact("checkpoint")
+        if checkpoint is None:
+            raise RegistryError(f"{self.source}: not a SATI model logged by `sati promote` (no checkpoint artifact)")
+        config = read_config(self.path / checkpoint)
+        encoder = str(config.get("model", {}).get("text_encoder", ""))
+        requirements = self.path / "requirements.txt"
+        check_text_encoder(
+            self.manifest,
+            encoder,
+            self.artifact("text_encoder"),
+            requirements.read_text() if requirements.is_file() else "",
+            self.source,
+        )
+        return config
+
+
+def download_verified(store: TrackingStore, model_uri: str, dst: Path) -> VerifiedModel:
+    """Download the registered version ``model_uri`` names into ``dst`` and verify every file against the
+    manifest on the version's tags: a changed, missing or added file (any ``.pyc``) is refused, naming it,
+    before anything of the model is read."""
+    version = resolve_version(store, model_uri)
+    name, number = version.name, str(version.version)
+    source = f"{model_uri} ({name} v{number})"
+    manifest = Manifest.from_tags(dict(version.tags), source)
+    local = _download_model(store, f"models:/{name}/{number}", dst)  # the version's files, whatever the URI
+    verify_files(local, manifest, source)
+    return VerifiedModel(local, source, manifest)
+
+
+def load_verified(store: TrackingStore, model_uri: str, dst: Path | None = None):
+    """The registered version ``model_uri`` names as MLflow's pyfunc model, loaded only once every file
+    was verified (``download_verified``) and the checkpoint's text encoder is the one its manifest covers,
+    with its code imported from source (``no_bytecode_written``). The verified copy is kept in ``dst``
+    (default: a folder removed when the process ends)."""
     import atexit
     import shutil
 
     import mlflow
 
-    local_root = Path(tempfile.mkdtemp(prefix="sati-model-"))
-    atexit.register(shutil.rmtree, local_root, ignore_errors=True)
-    local = _download_model(store, model_uri, local_root)
-    recorded, source = _recorded_code_sha256(store, model_uri)
-    actual = _code_sha256(local)
-    if recorded is None:
-        print(f"warning: {source} has no recorded code checksum (registered before sati recorded one); not verified")
-    elif recorded != actual:
-        raise RegistryError(
-            f"{model_uri}: the model's code artifact changed after registration (its files hash to {actual[:16]}…, "
-            f"{source} recorded {recorded[:16]}…); refusing to load it"
-        )
+    if dst is None:
+        dst = Path(tempfile.mkdtemp(prefix="sati-model-"))
+        atexit.register(shutil.rmtree, dst, ignore_errors=True)
+    verified = download_verified(store, model_uri, dst)
+    verified.checkpoint_config()
     try:
-        model = mlflow.pyfunc.load_model(str(local))
+        with no_bytecode_written():
+            return mlflow.pyfunc.load_model(str(verified.path))
     except Exception as err:
         raise RegistryError(
             f"{model_uri}: cannot load the model from {store.uri} ({type(err).__name__}: {str(err)[:400]})"
         ) from None
+
+
+def load_registered(store: TrackingStore, model_uri: str):
+    """The ``SATIPredictor`` inside a registered model logged by ``sati promote``, verified first
+    (``load_verified``)."""
+    model = load_verified(store, model_uri)
     predictor = getattr(model.unwrap_python_model(), "predictor", None)
     if predictor is None:
         raise RegistryError(f"{model_uri}: not a SATI model logged by `sati promote`")
     return predictor
+
+
+def verified_config(store: TrackingStore, model_uri: str) -> dict:
+    """The resolved config of a registered version's checkpoint, read from its verified files."""
+    with tempfile.TemporaryDirectory(prefix="sati-config-") as tmp:
+        return download_verified(store, model_uri, Path(tmp)).checkpoint_config()
+
+
+def verify_version(store: TrackingStore, name: str, version: str | int) -> None:
+    """Check a version's files against its manifest without loading it (before an alias moves to it)."""
+    with tempfile.TemporaryDirectory(prefix="sati-verify-") as tmp:
+        download_verified(store, f"models:/{name}/{version}", Path(tmp)).checkpoint_config()
 
 
 def logged_model_id(version) -> str:
@@ -274,18 +341,33 @@ def logged_model_id(version) -> str:
     return source.removeprefix("models:/") if source.startswith("models:/m-") else ""
 
 
+def named_version(store: TrackingStore, model_uri: str):
+    """The version ``models:/name/version`` or ``models:/name@alias`` names; None for other URIs. A name,
+    version or alias the registry does not hold is a ``RegistryError`` naming it."""
+    m = re.match(r"^models:/([^/@]+)(?:/(\d+)|@([\w-]+))$", model_uri)
+    if not m:
+        return None
+    name, version, alias = m.groups()
+    if alias:
+        mv = version_by_alias(store, name, alias)
+        if mv is None:
+            raise RegistryError(f"{model_uri}: registered model {name!r} has no alias {alias!r}")
+        return mv
+    require_model(store, name)
+    try:
+        return get_version(store, name, version)
+    except Exception:
+        raise RegistryError(f"{model_uri}: registered model {name!r} has no version {version}") from None
+
+
 def describe_model_uri(store: TrackingStore, model_uri: str) -> dict[str, Any]:
     """For ``models:/name/version`` or ``models:/name@alias``: name, version, model id, source run and
     the version's evidence; {} for other URIs."""
-    m = re.match(r"^models:/([^/@]+)(?:/(\d+)|@([\w-]+))$", model_uri)
-    if not m:
-        return {}
-    name, version, alias = m.groups()
-    mv = version_by_alias(store, name, alias) if alias else get_version(store, name, version)
+    mv = named_version(store, model_uri)
     if mv is None:
-        raise RegistryError(f"{model_uri}: registered model {name!r} has no alias {alias!r}")
+        return {}
     return {
-        "name": name,
+        "name": mv.name,
         "version": str(mv.version),
         "model_id": logged_model_id(mv),
         "run_id": mv.run_id or "",
