@@ -41,7 +41,7 @@ import numpy as np
 
 from sati.data.errors import DataError
 from sati.data.h5safe import SafeH5
-from sati.untrusted import short_text
+from sati.untrusted import short, short_text
 
 FORMAT = "sati-dataset"
 FORMAT_VERSION = 1
@@ -427,7 +427,7 @@ def check_split(path: Path | str, split: str, s: SplitArrays) -> None:
         bad = np.flatnonzero(~np.isfinite(s.labels) | (np.abs(s.labels) > 3))[:5]
         raise DataError(
             f"{path}: '{split}/labels' must lie in [-3, 3]; e.g. ids "
-            f"{[s.ids[i] for i in bad]} have {s.labels[bad].tolist()}"
+            f"{short([s.ids[i] for i in bad], 300)} have {s.labels[bad].tolist()}"
         )
     t_max = min(s.audio.shape[1], s.video.shape[1])
     if s.lengths.min() < 1 or s.lengths.max() > t_max:
@@ -448,7 +448,8 @@ def check_split(path: Path | str, split: str, s: SplitArrays) -> None:
             if i in seen and i not in dup:
                 dup.append(i)
             seen.add(i)
-        raise DataError(f"{path}: '{split}/ids' has {n - len(set(s.ids))} duplicate ids (e.g. {', '.join(dup[:5])})")
+        shown = ", ".join(short_text(i, 60) for i in dup[:5])
+        raise DataError(f"{path}: '{split}/ids' has {n - len(set(s.ids))} duplicate ids (e.g. {shown})")
 
 
 def check_feature_dims(

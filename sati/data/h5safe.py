@@ -31,9 +31,8 @@ from sati.untrusted import H5_ALLOWANCE, cap_hint, limits, short
 BUILTIN_FILTERS = {1: "gzip", 2: "shuffle", 3: "fletcher32", 4: "szip", 5: "nbit", 6: "scaleoffset", 32000: "lzf"}
 DTYPES = {  # name the format uses: (numpy kinds, item sizes)
     "float32": ("f", (4,)),
-    "float": ("f", (2, 4, 8)),
     "int32": ("i", (4,)),
-    "int": ("iu", (1, 2, 4, 8)),
+    "number": ("fiu", (1, 2, 4, 8)),
 }
 _STRING_SLICE = 4096  # strings are decoded this many at a time, so a crafted heap is caught early
 

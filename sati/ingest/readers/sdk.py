@@ -8,7 +8,8 @@ Splits come from ``folds`` (by video) or else from the ``label.csv`` ``mode`` co
 Audio/video time axis: with a words file, one step per word (the mean of the frames that overlap
 the word, as MISA aligns); without one, the segment's frames average-pooled into as many windows
 as its text has words. An absent audio or video file gives zeros of ``audio_dim``/``video_dim``
-(listed in ``missing_modalities``); with both absent every sample has one zero step.
+(listed in ``missing_modalities``); with both absent every sample has one zero step. The longest
+segment sets the padded length of all: padding beyond the ``array_bytes`` cap is refused.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sati.ingest.readers.common import (
 from sati.ingest.readers.csd import Csd, find_csd_files
 from sati.ingest.readers.folds import load_folds
 from sati.ingest.readers.label_csv import read_label_csv
+from sati.untrusted import short_text
 
 
 class MissingTextError(DataError):
@@ -149,14 +151,14 @@ def _attach_text(segments, csv_rows, words_path, text_csv, drop: bool, notes: li
         raise DataError("no text: pass --text label.csv, or put the words .csd (…TimestampedWords.csd) in the folder")
     absent = [s.id for s in segments if not s.text]
     if absent and not drop:
-        shown = ", ".join(absent[:10]) + (", …" if len(absent) > 10 else "")
+        shown = ", ".join(short_text(i, 60) for i in absent[:10]) + (", …" if len(absent) > 10 else "")
         raise MissingTextError(
             f"{text_csv or words_path}: text missing for {len(absent)} of {len(segments)} "
             f"segments: {shown}. Pass --drop-missing-text to leave them out of the dataset"
         )
     if absent:
         notes.append(
-            f"dropped {len(absent)} segments without text: {', '.join(absent[:10])}"
+            f"dropped {len(absent)} segments without text: {', '.join(short_text(i, 60) for i in absent[:10])}"
             + (", …" if len(absent) > 10 else "")
         )
     return [s for s in segments if s.text]
@@ -169,7 +171,8 @@ def _splits(segments, csv_rows, folds, text_csv, notes: list[str]) -> dict[str, 
         if outside:
             raise DataError(
                 f"{where}: {len(outside)} videos of the labels are in no fold (e.g. "
-                f"{', '.join(outside[:5])}); for another dataset pass --folds FILE with its folds"
+                f"{', '.join(short_text(v, 60) for v in outside[:5])}); for another dataset pass --folds FILE "
+                "with its folds"
             )
         notes.append(f"splits from the folds {where}")
         return {s.id: by_video[s.video] for s in segments}
@@ -226,7 +229,7 @@ def _split(segments, idx: list[int], features: dict, audio_dim: int, video_dim: 
     for m, dim in (("audio", audio_dim), ("video", video_dim)):
         if m in features:
             seqs = [features[m][i] for i in ids]
-            arrays[m] = pad_stack(seqs, seqs[0].shape[1], t)
+            arrays[m] = pad_stack(seqs, seqs[0].shape[1], t, what=f"{m} features of {len(ids)} segments")
         else:
             arrays[m] = zeros_modality(len(ids), t, dim)
     return SplitArrays(ids=ids, text=text, labels=labels, lengths=lengths, **arrays)
