@@ -80,7 +80,7 @@ class _ShortRepr(reprlib.Repr):
 
     def __init__(self):
         super().__init__()
-        self.maxlevel, self.maxstring, self.maxother = 3, 60, 120
+        self.maxlevel, self.maxstring, self.maxother = 3, 200, 200
 
     def repr_bytes(self, obj: bytes, level: int) -> str:
         return repr(obj[: self.maxstring]) + ("..." if len(obj) > self.maxstring else "")
@@ -89,7 +89,7 @@ class _ShortRepr(reprlib.Repr):
         return f"bytearray({self.repr_bytes(bytes(obj[: self.maxstring + 1]), level)})"
 
 
-def short(obj: Any, limit: int = 120) -> str:
+def short(obj: Any, limit: int = 240) -> str:
     """A ``repr`` of ``obj`` of at most ``limit`` characters, built without walking all of ``obj``."""
     try:
         text = _ShortRepr().repr(obj)
