@@ -47,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     from sati.data.h5format import DataError
     from sati.search.retrain import RetrainError
     from sati.tracking.store import TrackingError
-    from sati.untrusted import short_text
+    from sati.untrusted import limits, short_text
 
     warnings.showwarning = _show_warning
     warnings.simplefilter("always", DeprecatedKeyWarning)
     try:
+        limits()  # a malformed SATI_MAX_* variable is refused before anything starts
         return args.run(args)
     except (ConfigError, DataError, CheckpointError, TrackingError, RetrainError, ValueError, OSError) as err:
         print(f"error: {short_text(str(err))}", file=sys.stderr)

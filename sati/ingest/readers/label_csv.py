@@ -40,15 +40,18 @@ def read_label_csv(path: str | Path) -> dict[str, LabelRow]:
     if not path.is_file():
         raise DataError(f"{path}: label file not found")
     with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+        read = [0]  # lines handed to the csv reader: the last is the one it was parsing
+
+        def lines():
+            for read[0], line in enumerate(f, start=1):
+                yield line
+
         try:
-            return _rows(path, reader)
+            return _rows(path, csv.DictReader(lines()))
         except csv.Error as err:
-            raise DataError(f"{path}: line {reader.line_num}: {err}") from None
+            raise DataError(f"{path}: line {read[0]}: {err}") from None
         except UnicodeDecodeError as err:
-            raise DataError(
-                f"{path}: not UTF-8 text ({err.reason} at byte {err.start} of a block near line {reader.line_num})"
-            ) from None
+            raise DataError(f"{path}: not UTF-8 text ({err.reason}) after line {read[0]}") from None
 
 
 def _rows(path: Path, reader: csv.DictReader) -> dict[str, LabelRow]:
