@@ -202,6 +202,4 @@ def _where(group: h5py.Group, key: str) -> str:
 
 
 def _dtype_name(dtype: np.dtype) -> str:
-    if h5py.check_string_dtype(dtype) is not None:
-        return "strings"
-    return {"c": "complex", "S": "bytes", "V": "compound", "O": "objects"}.get(dtype.kind, "") + str(dtype)
+    return "strings" if h5py.check_string_dtype(dtype) is not None else dtype.name

@@ -132,6 +132,23 @@ def _unsigned(flags: int) -> int:
     return flags & 0xFF if -128 <= flags < 0 else flags
 
 
+# Opcodes whose handlers are replaced below: references, changes to containers, hashing, BYTEARRAY8.
+_GUARDED_OPCODES = (
+    "GET",
+    "BINGET",
+    "LONG_BINGET",
+    "DUP",
+    "APPEND",
+    "APPENDS",
+    "SETITEM",
+    "SETITEMS",
+    "ADDITEMS",
+    "DICT",
+    "FROZENSET",
+    "BYTEARRAY8",
+)
+
+
 class _BoundedFile:
     """The pickle file, refusing a read longer than what is left of it (a length field cannot make
     the unpickler allocate more than the file holds)."""
@@ -270,18 +287,9 @@ class _RestrictedUnpickler(pickle._Unpickler):
         self.readinto(b)
         self.append(b)
 
-    dispatch[pickle.GET[0]] = load_get
-    dispatch[pickle.BINGET[0]] = load_binget
-    dispatch[pickle.LONG_BINGET[0]] = load_long_binget
-    dispatch[pickle.DUP[0]] = load_dup
-    dispatch[pickle.APPEND[0]] = load_append
-    dispatch[pickle.APPENDS[0]] = load_appends
-    dispatch[pickle.SETITEM[0]] = load_setitem
-    dispatch[pickle.SETITEMS[0]] = load_setitems
-    dispatch[pickle.ADDITEMS[0]] = load_additems
-    dispatch[pickle.DICT[0]] = load_dict
-    dispatch[pickle.FROZENSET[0]] = load_frozenset
-    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+    for _name in _GUARDED_OPCODES:  # each to its load_<name> above (as pickle._Unpickler names them)
+        dispatch[getattr(pickle, _name)[0]] = locals()[f"load_{_name.lower()}"]
+    del _name
 
     # --- the builtin globals ----------------------------------------------------------------------
 
@@ -523,8 +531,9 @@ def load_pickle(path: str | Path) -> Any:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     with open(path, "rb") as f:
+        unpickler = _RestrictedUnpickler(_BoundedFile(f, path.stat().st_size), path)
         try:
-            return _RestrictedUnpickler(_BoundedFile(f, path.stat().st_size), path).load()
+            return unpickler.load()
         except DataError:  # UnsafePickleError included
             raise
         except Exception as err:  # the pure-Python unpickler fails with many types (struct.error, IndexError, ...)

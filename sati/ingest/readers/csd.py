@@ -26,45 +26,44 @@ ROLES = {
 }
 
 
-class Csd:
+class Csd(SafeH5):
     """An open ``.csd`` file: ``root``, ``metadata`` (dict), ``entries`` (keys) and ``entry(key)``.
 
     Read through ``sati.data.h5safe`` like a dataset file: links, external storage, virtual datasets,
     plugin filters and declared sizes over the caps are refused, naming the file and the object."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(f"{self.path}: file not found")
-        self._h5 = SafeH5(self.path, "is it truncated or not a .csd?")
+        if not Path(path).is_file():
+            raise DataError(f"{path}: file not found")
+        super().__init__(path, "is it truncated or not a .csd?")
         try:
-            f = self._h5.file
+            f = self.file
             tops = [
                 k
-                for k in self._h5.names(f)
+                for k in self.names(f)
                 if f.get(k, getclass=True, getlink=True) is not h5py.HardLink or f.get(k, getclass=True) is h5py.Group
             ]
-            if not tops or not self._h5.has(self._h5.member(f, tops[0], h5py.Group), "data"):
+            if not tops or not self.has(self.member(f, tops[0], h5py.Group), "data"):
                 raise DataError(f"{self.path}: not a computational sequence (expected <root>/data/<video>/features)")
             self.root = tops[0]
-            top = self._h5.member(f, self.root, h5py.Group)
-            self._data = self._h5.member(top, "data", h5py.Group)
-            self.entries = self._h5.names(self._data)
-            self.metadata = _metadata(self._h5, top)
+            top = self.member(f, self.root, h5py.Group)
+            self._data = self.member(top, "data", h5py.Group)
+            self.entries = self.names(self._data)
+            self.metadata = _metadata(self, top)
         except BaseException:
             self.close()
             raise
 
     def entry(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(features [n, d], intervals [n, 2] float64) of one entry; words are ``str``."""
-        g = self._h5.member(self._data, key, h5py.Group)
-        if not self._h5.has(g, "features") or not self._h5.has(g, "intervals"):
+        g = self.member(self._data, key, h5py.Group)
+        if not self.has(g, "features") or not self.has(g, "intervals"):
             raise DataError(f"{self.path}: '{self.root}/data/{key}' needs 'features' and 'intervals'")
-        if h5py.check_string_dtype(self._h5.member(g, "features").dtype) is not None:
-            feats = self._h5.strings(g, "features", ndim=(1, 2))
+        if h5py.check_string_dtype(self.member(g, "features").dtype) is not None:
+            feats = self.strings(g, "features", ndim=(1, 2))
         else:
-            feats = self._h5.array(g, "features", dtype="number", ndim=(1, 2))
-        ivals = self._h5.array(g, "intervals", dtype="number", ndim=2).astype(np.float64)
+            feats = self.array(g, "features", dtype="number", ndim=(1, 2))
+        ivals = self.array(g, "intervals", dtype="number", ndim=2).astype(np.float64)
         if feats.ndim == 1:
             feats = feats[:, None]
         if len(feats) != len(ivals) or ivals.shape[1] != 2:
@@ -73,15 +72,6 @@ class Csd:
                 f"{ivals.shape} disagree; expected [n, d] and [n, 2]"
             )
         return feats, ivals
-
-    def close(self) -> None:
-        self._h5.close()
-
-    def __enter__(self) -> Csd:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _metadata(h5: SafeH5, top: h5py.Group) -> dict:
