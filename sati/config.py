@@ -25,6 +25,8 @@ from typing import Any, Literal
 import yaml
 
 from sati.metrics import HIGHER_IS_BETTER, PAPER_METRICS
+from sati.safe_yaml import load_yaml
+from sati.untrusted import cap_hint, limits, short
 
 
 class ConfigError(ValueError):
@@ -276,11 +278,17 @@ class PipelineConfig:
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict:
-    """A YAML file whose top level is a mapping (empty file: {}), with named errors."""
+    """A YAML file whose top level is a mapping (empty file: {}), with named errors; read within the
+    caps of ``sati.untrusted`` (file size, alias expansion, nesting: ``sati.safe_yaml``)."""
     if not path.is_file():
         raise ConfigError(f"{path}: {what} file not found")
+    cap = limits().config_bytes
+    if path.stat().st_size > cap:
+        raise ConfigError(
+            f"{path}: {path.stat().st_size} bytes, more than {cap} for a {what} file; {cap_hint('config_bytes')}"
+        )
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
@@ -439,8 +447,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3.0e-5")
-        out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+            raise ConfigError(f"--set {short(item)}: expected KEY=VALUE, e.g. train.lr=3.0e-5")
+        try:
+            out[key.strip()] = load_yaml(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {short(item)}: not valid YAML: {err}") from None
     return out
 
 
@@ -554,7 +565,7 @@ def _rename_keys(raw: Any, source: str) -> Any:
         del raw[section][leaf]
         current = _get_dotted(raw, new)
         if current is not _ABSENT and current != value:
-            raise ConfigError(f"{source}: {old} = {value!r} and {new} = {current!r} disagree; set only {new}")
+            raise ConfigError(f"{source}: {old} = {short(value)} and {new} = {short(current)} disagree; set only {new}")
         new_section, new_leaf = new.split(".")
         raw.setdefault(new_section, {})[new_leaf] = value
     return raw
@@ -582,7 +593,7 @@ def _build(cls: type, raw: Any, source: str, prefix: str):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {raw!r}")
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {short(raw)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
@@ -617,7 +628,7 @@ def _check_value(tp: Any, value: Any, meta: dict, source: str, key: str):
     expected = _describe(tp, meta)
 
     def bad() -> ConfigError:
-        return ConfigError(f"{source}: {key} = {value!r}: expected {expected}")
+        return ConfigError(f"{source}: {key} = {short(value)}: expected {expected}")
 
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):

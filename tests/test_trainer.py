@@ -106,7 +106,8 @@ def test_precomputed_text_features(tmp_path, make_config):
 
 def test_nonfinite_loss_stops_with_reason(tmp_path, make_config):
     splits = generate("mosi", scale=0.05)
-    splits["train"].audio[:, 0, :] = np.inf  # a corrupt feature file
+    # a corrupt feature file: finite values (non-finite ones are refused when read) that overflow float32
+    splits["train"].audio[:, 0, :] = np.finfo(np.float32).max
     path = tmp_path / "inf.h5"
     write_dataset(path, splits, name="inf", provenance={})
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1: training loss is not finite \(total=nan"):

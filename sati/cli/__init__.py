@@ -2,7 +2,10 @@
 
 One module per group of subcommands; each has ``add_parsers(subparsers)`` and sets ``run`` on its
 parsers to the function that runs the command. A mistake a user can fix (a bad file, key, value,
-run id or model name) ends with one ``error:`` line on stderr and exit status 2.
+run id or model name) ends with one ``error:`` line on stderr and exit status 2. That line is printed
+here only: errors carry the file and key, and the line is cut to ``short_text``'s length (a message
+may quote a file). Memory exhaustion and runaway recursion end the same way: readers turn them into
+errors naming the file; what escapes them still gets one line, not a traceback.
 """
 
 from __future__ import annotations
@@ -48,11 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     from sati.data.h5format import DataError
     from sati.search.retrain import RetrainError
     from sati.tracking.store import TrackingError
+    from sati.untrusted import limits, short_text
 
     warnings.showwarning = _show_warning
     warnings.simplefilter("always", DeprecatedKeyWarning)
     try:
+        limits()  # a malformed SATI_MAX_* variable is refused before anything starts
         return args.run(args)
     except (ConfigError, DataError, CheckpointError, TrackingError, RetrainError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {short_text(str(err))}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory (an input larger than this machine can hold, or malformed)", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print("error: an input nested too deeply to process (RecursionError)", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from sati.data.h5format import SPLITS, DataError, SplitArrays, check_split
+from sati.untrusted import short_text
 
 
 def check_dataset(splits: dict[str, SplitArrays], source: str) -> None:
@@ -36,7 +37,8 @@ def check_dataset(splits: dict[str, SplitArrays], source: str) -> None:
                 clashes.append(f"{i} ({owner[i]}, {split})")
             owner.setdefault(i, split)
     if clashes:
-        raise DataError(f"{source}: {len(clashes)} ids are in more than one split, e.g. {', '.join(clashes[:5])}")
+        shown = ", ".join(short_text(c, 80) for c in clashes[:5])
+        raise DataError(f"{source}: {len(clashes)} ids are in more than one split, e.g. {shown}")
 
 
 def _dim(x) -> str:

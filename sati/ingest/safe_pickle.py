@@ -31,22 +31,38 @@ numpy globals resolve to checking wrappers, and the BUILD opcode (``__setstate__
   exactly ``prod(shape)`` already-unpickled (so restricted) objects, stored under numpy's own
   ``dtype('O')``. An object dtype with raw bytes as data, and object scalars, are refused.
 - ``_codecs.encode`` only turns a ``str`` into ``bytes`` with latin-1 (how protocol ≤ 2 writes bytes).
+
+A small pickle must not cost a large machine (``sati.ingest.pickle_budget``, caps in ``sati.untrusted``):
+
+- every memo reference (``GET``, ``DUP``) counts the full size of what it refers to, every array its
+  declared size, every builtin call its result, against ``PICKLE_ALLOWANCE`` + ``expansion`` × the
+  file's size; nesting deeper than ``depth`` is refused before anything hashes it (a tuple nested
+  10^6 deep crashes ``hash``) and in the result;
+- a container may not change after it was referenced again (so no count goes stale, and no cycles);
+- ``bytes()`` / ``bytearray()`` take data, never a size (``bytes(10**9)`` is a gigabyte of zeros);
+- an array's own dtype may not be a sub-array dtype, and no axis after the first may be empty (a
+  [n, 2^27, 0] feature array stores nothing and declares a length of 2^27);
+- no length field may exceed the bytes left in the file.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import importlib
 import math
 import pickle
-import reprlib
+import struct
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
 from sati.data.h5format import DataError
+from sati.ingest.pickle_budget import DecodeBudget, declared_bytes
+from sati.untrusted import cap_hint, limits
+from sati.untrusted import short as _short
 
 _NUMPY = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -116,23 +132,41 @@ def _unsigned(flags: int) -> int:
     return flags & 0xFF if -128 <= flags < 0 else flags
 
 
-class _ShortRepr(reprlib.Repr):
-    """``repr`` for messages about a file's contents: bounded however large or deep they are."""
+# Opcodes whose handlers are replaced below: references, changes to containers, hashing, BYTEARRAY8.
+_GUARDED_OPCODES = (
+    "GET",
+    "BINGET",
+    "LONG_BINGET",
+    "DUP",
+    "APPEND",
+    "APPENDS",
+    "SETITEM",
+    "SETITEMS",
+    "ADDITEMS",
+    "DICT",
+    "FROZENSET",
+    "BYTEARRAY8",
+)
 
-    def __init__(self):
-        super().__init__()
-        self.maxlevel, self.maxstring, self.maxother = 3, 60, 120
 
-    def repr_bytes(self, obj: bytes, level: int) -> str:
-        return repr(obj[: self.maxstring]) + ("..." if len(obj) > self.maxstring else "")
+class _BoundedFile:
+    """The pickle file, refusing a read longer than what is left of it (a length field cannot make
+    the unpickler allocate more than the file holds)."""
 
-    def repr_bytearray(self, obj: bytearray, level: int) -> str:
-        return f"bytearray({self.repr_bytes(bytes(obj[: self.maxstring + 1]), level)})"
+    def __init__(self, file: BinaryIO, size: int):
+        self._file, self.size, self.position = file, size, 0
 
+    def read(self, n: int) -> bytes:
+        if n > self.size - self.position:
+            raise pickle.UnpicklingError(f"an item of {n} bytes at byte {self.position}, past the end of the file")
+        data = self._file.read(n)
+        self.position += len(data)
+        return data
 
-def _short(obj: Any, limit: int = 120) -> str:
-    text = _ShortRepr().repr(obj)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    def readline(self) -> bytes:
+        line = self._file.readline()
+        self.position += len(line)
+        return line
 
 
 class _RestrictedUnpickler(pickle._Unpickler):
@@ -140,9 +174,13 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file, path: Path):
+    def __init__(self, file: _BoundedFile, path: Path):
         super().__init__(file, encoding="latin1")  # latin1: Python 2 numpy pickles
         self.path = path
+        self.file_size = file.size
+        self._budget = DecodeBudget(file.size, self._refuse)
+        self._array_cap = limits().array_bytes
+        self._aliased: dict[int, Any] = {}  # objects handed out again by the memo or DUP (kept alive)
         self._pending: dict[int, Any] = {}  # dtypes and arrays made here, waiting for their one BUILD
         self._checked: dict[int, np.dtype] = {}  # dtypes whose state was checked and applied
         self._ndarray = self._call_ndarray  # one bound method: the marker _reconstruct is given as its class
@@ -167,7 +205,104 @@ class _RestrictedUnpickler(pickle._Unpickler):
             return self._numpy[name]
         if module == "_codecs":
             return self._encode
-        return getattr(builtins, name)
+        return functools.partial(self._call_builtin, name)
+
+    def load(self) -> Any:
+        result = super().load()
+        self._budget.measure(result, remember=False)  # depth and size of all of it
+        return result
+
+    # --- references, and what may not change after one -----------------------------------------
+
+    def _handed_out_again(self) -> None:
+        """The object just pushed by GET or DUP: count all it holds again, and freeze it."""
+        obj = self.stack[-1]
+        self._aliased[id(obj)] = obj
+        self._budget.spend(self._budget.measure(obj)[1], f"a reference to {_short(obj, 60)}")
+
+    def _unchanged(self, target: Any, op: str) -> None:
+        if self._aliased.get(id(target)) is target:
+            raise self._refuse(
+                f"{op} on {_short(target, 60)} after it was referenced again (pickles of data never do this; "
+                "it would change what the references count)"
+            )
+
+    def _hashable(self, items: Any) -> None:
+        """Keys and set items are hashed: refuse them nested over the depth cap before they are."""
+        for item in items:
+            self._budget.measure(item)
+
+    def load_get(self):
+        super().load_get()
+        self._handed_out_again()
+
+    def load_binget(self):
+        super().load_binget()
+        self._handed_out_again()
+
+    def load_long_binget(self):
+        super().load_long_binget()
+        self._handed_out_again()
+
+    def load_dup(self):
+        super().load_dup()
+        self._handed_out_again()
+
+    def load_append(self):
+        self._unchanged(self.stack[-2], "APPEND")
+        super().load_append()
+
+    def load_appends(self):
+        self._unchanged(self.metastack[-1][-1], "APPENDS")
+        super().load_appends()
+
+    def load_setitem(self):
+        self._unchanged(self.stack[-3], "SETITEM")
+        self._hashable([self.stack[-2]])
+        super().load_setitem()
+
+    def load_setitems(self):
+        self._unchanged(self.metastack[-1][-1], "SETITEMS")
+        self._hashable(self.stack[0::2])
+        super().load_setitems()
+
+    def load_additems(self):
+        self._unchanged(self.metastack[-1][-1], "ADDITEMS")
+        self._hashable(self.stack)
+        super().load_additems()
+
+    def load_dict(self):
+        self._hashable(self.stack[0::2])
+        super().load_dict()
+
+    def load_frozenset(self):
+        self._hashable(self.stack)
+        super().load_frozenset()
+
+    def load_bytearray8(self):
+        (size,) = struct.unpack("<Q", self.read(8))
+        if size > self.file_size:
+            raise self._refuse(f"a bytearray of {size} bytes in a file of {self.file_size}")
+        b = bytearray(size)
+        self.readinto(b)
+        self.append(b)
+
+    for _name in _GUARDED_OPCODES:  # each to its load_<name> above (as pickle._Unpickler names them)
+        dispatch[getattr(pickle, _name)[0]] = locals()[f"load_{_name.lower()}"]
+    del _name
+
+    # --- the builtin globals ----------------------------------------------------------------------
+
+    def _call_builtin(self, name: str, *args: Any) -> Any:
+        """``builtins.<name>(*args)``: bytes and bytearray from data only; the result counted."""
+        if name in ("bytes", "bytearray") and args and type(args[0]) not in (str, bytes, bytearray, list, tuple):
+            raise self._refuse(
+                f"{name}({_short(args[0], 40)}) (a size or other non-data argument: pickles write {name} from data)"
+            )
+        self._budget.measure(args)
+        result = getattr(builtins, name)(*args)
+        self._budget.spend(self._budget.measure(result, remember=False)[1], f"{name}(...)")
+        return result
 
     # --- the numpy globals ------------------------------------------------------------------------
 
@@ -185,7 +320,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
         spec, align, _ = args
         fresh = np.dtype(spec, bool(align), True)
         if fresh.fields is not None or fresh.subdtype is not None:
-            raise self._refuse(f"dtype spec {spec!r} (numpy writes structured and sub-array dtypes as 'V<size>')")
+            raise self._refuse(f"dtype spec {_short(spec)} (numpy writes structured and sub-array dtypes as 'V<size>')")
         self._pending[id(fresh)] = fresh
         return fresh
 
@@ -199,11 +334,11 @@ class _RestrictedUnpickler(pickle._Unpickler):
             raise self._refuse(f"scalar() with {len(args)} arguments (numpy writes scalar(dtype, bytes))")
         dtype = self._checked_dtype(args[0], "a numpy scalar")
         if dtype.hasobject:
-            raise self._refuse(f"a numpy scalar of object dtype {dtype!r}")
+            raise self._refuse(f"a numpy scalar of object dtype {_short(dtype)}")
         data = _as_bytes(args[1])
         if type(data) is not bytes or len(data) != dtype.itemsize:
             size = len(data) if isinstance(data, bytes) else type(data).__name__
-            raise self._refuse(f"a numpy scalar of {dtype!r} from {size} (not {dtype.itemsize} bytes)")
+            raise self._refuse(f"a numpy scalar of {_short(dtype)} from {size} (not {dtype.itemsize} bytes)")
         return _SCALAR(dtype, data)
 
     def _reconstruct(self, *args) -> np.ndarray:
@@ -216,17 +351,39 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def _frombuffer(self, buf: Any, dtype: Any, shape: Any, order: Any, axis_order: Any = None) -> np.ndarray:
         dtype = self._checked_dtype(dtype, "an array (_frombuffer)")
         if dtype.hasobject:
-            raise self._refuse(f"an array of object dtype {dtype!r} from a buffer (_frombuffer)")
+            raise self._refuse(f"an array of object dtype {_short(dtype)} from a buffer (_frombuffer)")
         if type(buf) not in (bytes, bytearray) or not _is_shape(shape) or order not in ("C", "F", "K"):
             raise self._refuse(f"_frombuffer arguments ({type(buf).__name__}, {_short(shape)}, {_short(order)})")
         if axis_order is not None and (type(axis_order) is not tuple or sorted(axis_order) != list(range(len(shape)))):
             raise self._refuse(f"_frombuffer axis order {_short(axis_order)} for shape {shape}")
+        self._new_array(shape, dtype)
         need = math.prod(shape) * dtype.itemsize
         if len(buf) != need:
-            raise self._refuse(f"an array of shape {shape} and {dtype!r} ({need} bytes) from {len(buf)} bytes")
+            raise self._refuse(f"an array of shape {shape} and {_short(dtype)} ({need} bytes) from {len(buf)} bytes")
         if axis_order is None:
             return _FROMBUFFER(buf, dtype, shape, order)
         return _FROMBUFFER(buf, dtype, shape, order, axis_order)
+
+    def _new_array(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        """An array about to be made: a dtype of its own (no sub-array), no empty axis after the first,
+        a declared size within the caps (counted)."""
+        if dtype.subdtype is not None:
+            raise self._refuse(
+                f"an array whose own dtype is the sub-array dtype {_short(dtype)} (numpy writes such arrays with the "
+                "sub-array's axes in their shape)"
+            )
+        if any(n == 0 for n in shape[1:]):
+            raise self._refuse(
+                f"an array of shape {shape}: an axis after the first is empty (a zero-size feature dim stores "
+                "nothing and declares any length)"
+            )
+        declared = declared_bytes(shape, dtype.itemsize)
+        if declared > self._array_cap:
+            raise self._refuse(
+                f"an array of shape {shape} and {_short(dtype)}: {declared} bytes, over the cap of {self._array_cap} "
+                f"for one array; {cap_hint('array_bytes')}"
+            )
+        self._budget.spend(declared, f"an array of shape {shape}")
 
     # --- BUILD: the __setstate__ of the dtypes and arrays made above --------------------------------
 
@@ -253,20 +410,22 @@ class _RestrictedUnpickler(pickle._Unpickler):
         dtype = self._checked_dtype(dtype, "an array")
         if not _is_shape(shape) or fortran not in (0, 1):
             raise self._refuse(f"array state with shape {_short(shape)} and is_fortran {_short(fortran)}")
+        self._unchanged(array, "BUILD")
+        self._new_array(shape, dtype)
         n = math.prod(shape)
         if dtype.hasobject:  # only dtype('O') itself: objects inside other dtypes were refused with the dtype
             if type(data) is not list:
-                raise self._refuse(f"an array of object dtype {dtype!r} whose data is {type(data).__name__}")
+                raise self._refuse(f"an array of object dtype {_short(dtype)} whose data is {type(data).__name__}")
             if len(data) != n:
                 raise self._refuse(f"an object array of shape {shape} with {len(data)} items")
             array.__setstate__((1, shape, _OBJECT, bool(fortran), list(data)))
             return
         data = _as_bytes(data)
         if type(data) is not bytes:
-            raise self._refuse(f"array data of type {type(data).__name__} for {dtype!r}")
+            raise self._refuse(f"array data of type {type(data).__name__} for {_short(dtype)}")
         if len(data) != n * dtype.itemsize:
             raise self._refuse(
-                f"array data of {len(data)} bytes for shape {shape} of {dtype!r} ({n * dtype.itemsize} bytes)"
+                f"array data of {len(data)} bytes for shape {shape} of {_short(dtype)} ({n * dtype.itemsize} bytes)"
             )
         array.__setstate__((1, shape, dtype, bool(fortran), data))
 
@@ -304,7 +463,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
         if user_meta is not None:
             ref = np.dtype(ref, metadata=user_meta)
         if ref.hasobject and (ref.fields is not None or ref.subdtype is not None):
-            raise self._refuse(f"an object dtype inside the structured or sub-array dtype {ref!r}")
+            raise self._refuse(f"an object dtype inside the structured or sub-array dtype {_short(ref)}")
         ref_state = ref.__reduce__()[2]
         ref_meta = ref_state[8] if len(ref_state) == 9 else None
         for part, mine, numpys in zip(
@@ -314,11 +473,11 @@ class _RestrictedUnpickler(pickle._Unpickler):
         ):
             if type(mine) is not type(numpys) or mine != numpys:
                 raise self._refuse(
-                    f"dtype state {part} {_short(mine)} differ from numpy's {_short(numpys)} for {ref!r}"
+                    f"dtype state {part} {_short(mine)} differ from numpy's {_short(numpys)} for {_short(ref)}"
                 )
         dtype.__setstate__(ref_state)  # numpy's own state: the file's dicts and tuples stay out of the dtype
         if dtype != ref or dtype.__reduce__()[2] != ref_state:
-            raise self._refuse(f"dtype state {_short(state)}: it did not give numpy's {ref!r}")
+            raise self._refuse(f"dtype state {_short(state)}: it did not give numpy's {_short(ref)}")
 
     def _reference_dtype(self, dtype, order, sub, names, fields, itemsize, flags, dt_meta) -> np.dtype:
         """The dtype numpy would pickle with this state, built from the constructor arguments and the state."""
@@ -330,7 +489,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
             return ref.newbyteorder(order) if order != "|" and ref.str[0] not in ("|", order) else ref
         if dtype.kind != "V" or dtype.names is not None or itemsize != dtype.itemsize:
             raise self._refuse(
-                f"a structured or sub-array dtype state of itemsize {_short(itemsize)} for {dtype!r} "
+                f"a structured or sub-array dtype state of itemsize {_short(itemsize)} for {_short(dtype)} "
                 "(numpy writes them as 'V<itemsize>')"
             )
         if sub is not None:
@@ -346,13 +505,16 @@ class _RestrictedUnpickler(pickle._Unpickler):
         for name in names:
             entry = fields.get(name)
             if type(entry) is not tuple or len(entry) not in (2, 3) or type(entry[1]) is not int:
-                raise self._refuse(f"dtype field {name!r}: {_short(entry)} (numpy writes (dtype, offset[, title]))")
-            field = self._checked_dtype(entry[0], f"field {name!r} of a structured dtype")
+                raise self._refuse(
+                    f"dtype field {_short(name)}: {_short(entry)} (numpy writes (dtype, offset[, title]))"
+                )
+            field = self._checked_dtype(entry[0], f"field {_short(name)} of a structured dtype")
             if field.hasobject:
-                raise self._refuse(f"an object dtype in field {name!r} of a structured dtype")
+                raise self._refuse(f"an object dtype in field {_short(name)} of a structured dtype")
             if not 0 <= entry[1] <= itemsize - field.itemsize:
                 raise self._refuse(
-                    f"dtype field {name!r} of {field.itemsize} bytes at offset {entry[1]} in an itemsize of {itemsize}"
+                    f"dtype field {_short(name)} of {field.itemsize} bytes at offset {entry[1]} in an itemsize of "
+                    f"{itemsize}"
                 )
             formats.append(field)
             offsets.append(entry[1])
@@ -369,8 +531,9 @@ def load_pickle(path: str | Path) -> Any:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     with open(path, "rb") as f:
+        unpickler = _RestrictedUnpickler(_BoundedFile(f, path.stat().st_size), path)
         try:
-            return _RestrictedUnpickler(f, path).load()
+            return unpickler.load()
         except DataError:  # UnsafePickleError included
             raise
         except Exception as err:  # the pure-Python unpickler fails with many types (struct.error, IndexError, ...)

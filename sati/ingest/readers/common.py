@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from sati.data.h5format import SPLITS, DataError, SplitArrays
+from sati.untrusted import cap_hint, limits, short
 
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "dev": "valid", "val": "valid", "test": "test"}
 DEFAULT_AUDIO_DIM, DEFAULT_VIDEO_DIM = 74, 47  # MOSI in MISA's pickles (COVAREP, FACET 4.1)
@@ -28,9 +29,11 @@ class Source:
 
 def split_name(raw: str, source: Path | str) -> str:
     """``train``/``valid``/``test`` for any of the names tools use (``dev``, ``val``)."""
-    key = str(raw).strip().lower()
+    if not isinstance(raw, str):
+        raise DataError(f"{source}: split name {short(raw, 60)} is a {type(raw).__name__}, expected a string")
+    key = raw.strip().lower()
     if key not in SPLIT_ALIASES:
-        raise DataError(f"{source}: unknown split name {raw!r}; expected one of {', '.join(SPLIT_ALIASES)}")
+        raise DataError(f"{source}: unknown split name {short(raw, 60)}; expected one of {', '.join(SPLIT_ALIASES)}")
     return SPLIT_ALIASES[key]
 
 
@@ -45,9 +48,18 @@ def sanitize(x: np.ndarray) -> np.ndarray:
     return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def pad_stack(seqs: Sequence[np.ndarray], dim: int, t_max: int | None = None) -> np.ndarray:
-    """List of [L_i, D] → [N, T, D] float32, zero past each L_i (T = max L_i, at least 1)."""
+def pad_stack(seqs: Sequence[np.ndarray], dim: int, t_max: int | None = None, *, what: str = "") -> np.ndarray:
+    """List of [L_i, D] → [N, T, D] float32, zero past each L_i (T = max L_i, at least 1).
+
+    The longest sample sets T for all: ``DataError`` (naming ``what``) when [N, T, D] exceeds the
+    ``array_bytes`` cap."""
     t = t_max or max([len(s) for s in seqs] + [1])
+    need = len(seqs) * t * dim * 4
+    if need > limits().array_bytes:
+        raise DataError(
+            f"{what}: padding {len(seqs)} samples to the longest one ({t} steps of {dim} features) needs {need} "
+            f"bytes, over the cap of {limits().array_bytes} for one array; {cap_hint('array_bytes')}"
+        )
     out = np.zeros((len(seqs), t, dim), dtype=np.float32)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s

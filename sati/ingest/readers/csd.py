@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from sati.data.h5format import DataError
+from sati.data.h5safe import SafeH5
 
 # Role → file-name patterns (case-insensitive), most preferred first (MISA's fields, spec 8.20).
 ROLES = {
@@ -25,60 +26,69 @@ ROLES = {
 }
 
 
-class Csd:
-    """An open ``.csd`` file: ``root``, ``metadata`` (dict), ``entries`` (keys) and ``entry(key)``."""
+class Csd(SafeH5):
+    """An open ``.csd`` file: ``root``, ``metadata`` (dict), ``entries`` (keys) and ``entry(key)``.
+
+    Read through ``sati.data.h5safe`` like a dataset file: links, external storage, virtual datasets,
+    plugin filters and declared sizes over the caps are refused, naming the file and the object."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(f"{self.path}: file not found")
+        if not Path(path).is_file():
+            raise DataError(f"{path}: file not found")
+        super().__init__(path, "is it truncated or not a .csd?")
         try:
-            self._f = h5py.File(self.path, "r")
-        except OSError as err:
-            raise DataError(f"{self.path}: not a readable HDF5 file ({err}); is it truncated or not a .csd?") from None
-        groups = [k for k in self._f if isinstance(self._f[k], h5py.Group)]
-        if not groups or "data" not in self._f[groups[0]]:
-            self._f.close()
-            raise DataError(f"{self.path}: not a computational sequence (expected <root>/data/<video>/features)")
-        self.root = groups[0]
-        self._data = self._f[self.root]["data"]
-        self.entries = list(self._data.keys())
-        self.metadata = _metadata(self._f[self.root].get("metadata"))
+            f = self.file
+            tops = [
+                k
+                for k in self.names(f)
+                if f.get(k, getclass=True, getlink=True) is not h5py.HardLink or f.get(k, getclass=True) is h5py.Group
+            ]
+            if not tops or not self.has(self.member(f, tops[0], h5py.Group), "data"):
+                raise DataError(f"{self.path}: not a computational sequence (expected <root>/data/<video>/features)")
+            self.root = tops[0]
+            top = self.member(f, self.root, h5py.Group)
+            self._data = self.member(top, "data", h5py.Group)
+            self.entries = self.names(self._data)
+            self.metadata = _metadata(self, top)
+        except BaseException:
+            self.close()
+            raise
 
     def entry(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """(features [n, d], intervals [n, 2] float64) of one entry; byte strings stay bytes."""
-        g = self._data[key]
-        if "features" not in g or "intervals" not in g:
+        """(features [n, d], intervals [n, 2] float64) of one entry; words are ``str``."""
+        g = self.member(self._data, key, h5py.Group)
+        if not self.has(g, "features") or not self.has(g, "intervals"):
             raise DataError(f"{self.path}: '{self.root}/data/{key}' needs 'features' and 'intervals'")
-        feats, ivals = g["features"][()], g["intervals"][()].astype(np.float64)
+        if h5py.check_string_dtype(self.member(g, "features").dtype) is not None:
+            feats = self.strings(g, "features", ndim=(1, 2))
+        else:
+            feats = self.array(g, "features", dtype="number", ndim=(1, 2))
+        ivals = self.array(g, "intervals", dtype="number", ndim=2).astype(np.float64)
         if feats.ndim == 1:
             feats = feats[:, None]
-        if len(feats) != len(ivals) or ivals.ndim != 2 or ivals.shape[1] != 2:
+        if len(feats) != len(ivals) or ivals.shape[1] != 2:
             raise DataError(
                 f"{self.path}: '{self.root}/data/{key}': features {feats.shape} and intervals "
                 f"{ivals.shape} disagree; expected [n, d] and [n, 2]"
             )
         return feats, ivals
 
-    def close(self) -> None:
-        self._f.close()
 
-    def __enter__(self) -> Csd:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _metadata(group) -> dict:
+def _metadata(h5: SafeH5, top: h5py.Group) -> dict:
+    """``metadata/<key>`` 1-element JSON strings → {key: value}; other shapes and types are ignored
+    (the SDK only warns about missing metadata), text that is not JSON is kept as text."""
+    if not h5.has(top, "metadata"):
+        return {}
+    group = h5.member(top, "metadata", h5py.Group)
     out = {}
-    for key in group.keys() if group is not None else ():
-        raw = group[key][()]
-        raw = raw[0] if isinstance(raw, np.ndarray) and raw.size else raw
-        raw = raw.decode() if isinstance(raw, bytes) else str(raw)
+    for key in h5.names(group):
+        dset = h5.member(group, key)
+        if h5py.check_string_dtype(dset.dtype) is None or dset.ndim != 1 or not dset.shape[0]:
+            continue
+        raw = h5.strings(group, key)[0]
         try:
             out[key] = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             out[key] = raw
     return out
 

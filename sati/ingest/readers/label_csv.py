@@ -23,6 +23,7 @@ from sati.ingest.readers.common import (
     split_name,
     text_only_split,
 )
+from sati.untrusted import short
 
 
 @dataclass(frozen=True)
@@ -33,34 +34,52 @@ class LabelRow:
 
 
 def read_label_csv(path: str | Path) -> dict[str, LabelRow]:
-    """Rows of ``label.csv`` keyed by segment id, in file order."""
+    """Rows of ``label.csv`` keyed by segment id, in file order; a malformed row (a field over csv's
+    limit of 128 KiB, text that is not UTF-8) is a ``DataError`` naming its line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: label file not found")
     with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or ())
-        has_id = "id" in cols or {"video_id", "clip_id"} <= cols
-        if not has_id or not {"text", "label"} <= cols:
+        read = [0]  # lines handed to the csv reader: the last is the one it was parsing
+
+        def lines():
+            for read[0], line in enumerate(f, start=1):
+                yield line
+
+        try:
+            return _rows(path, csv.DictReader(lines()))
+        except csv.Error as err:
+            raise DataError(f"{path}: line {read[0]}: {err}") from None
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not UTF-8 text ({err.reason}) after line {read[0]}") from None
+
+
+def _rows(path: Path, reader: csv.DictReader) -> dict[str, LabelRow]:
+    """The rows ``reader`` gives, checked."""
+    cols = set(reader.fieldnames or ())
+    has_id = "id" in cols or {"video_id", "clip_id"} <= cols
+    if not has_id or not {"text", "label"} <= cols:
+        raise DataError(
+            f"{path}: expected columns id,text,label[,mode] or video_id,clip_id,text,label[,mode]; "
+            f"found {', '.join(reader.fieldnames or ()) or 'none'}"
+        )
+    rows: dict[str, LabelRow] = {}
+    for line, r in enumerate(reader, start=2):
+        sid = r["id"] if "id" in cols else f"{r['video_id']}_{r['clip_id']}"
+        try:
+            label = float(r["label"])
+        except (TypeError, ValueError):
             raise DataError(
-                f"{path}: expected columns id,text,label[,mode] or video_id,clip_id,text,label[,mode]; "
-                f"found {', '.join(reader.fieldnames or ()) or 'none'}"
-            )
-        rows: dict[str, LabelRow] = {}
-        for line, r in enumerate(reader, start=2):
-            sid = r["id"] if "id" in cols else f"{r['video_id']}_{r['clip_id']}"
-            try:
-                label = float(r["label"])
-            except (TypeError, ValueError):
-                raise DataError(f"{path}: line {line} (id {sid}): label {r['label']!r} is not a number") from None
-            if sid in rows:
-                raise DataError(f"{path}: line {line}: duplicate id {sid}")
-            mode = r.get("mode")
-            rows[sid] = LabelRow(
-                text=(r["text"] or "").strip(),
-                label=label,
-                split=split_name(mode, f"{path}: line {line}") if mode else None,
-            )
+                f"{path}: line {line} (id {short(sid, 60)}): label {short(r['label'], 60)} is not a number"
+            ) from None
+        if sid in rows:
+            raise DataError(f"{path}: line {line}: duplicate id {short(sid, 60)}")
+        mode = r.get("mode")
+        rows[sid] = LabelRow(
+            text=(r["text"] or "").strip(),
+            label=label,
+            split=split_name(mode, f"{path}: line {line}") if mode else None,
+        )
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows

@@ -86,6 +86,6 @@ def _split(path: Path, rows) -> SplitArrays:
         text=text,
         labels=np.array(labels, dtype=np.float32),
         lengths=lengths,
-        audio=pad_stack(acoustic, acoustic[0].shape[1]),
-        video=pad_stack(visual, visual[0].shape[1]),
+        audio=pad_stack(acoustic, acoustic[0].shape[1], what=f"{path}: acoustic"),
+        video=pad_stack(visual, visual[0].shape[1], what=f"{path}: visual"),
     )

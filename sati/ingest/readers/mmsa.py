@@ -15,7 +15,11 @@ What the canonical file gets:
   length MMSA's own models use for aligned data), or the full padded length without ``text_bert``;
 - unaligned files (L_a ≠ L_v) are refused unless ``pool_unaligned``: then each sample's real audio and
   video frames are average-pooled to its text length (mask row sum), i.e. one step per BERT token,
-  the time axis of aligned_50.
+  the time axis of aligned_50. The mask must hold 0s and 1s, so no length exceeds the padded
+  ``text_bert`` it is counted in.
+
+Every array is checked for its type, rank and numbers before use: a value of another kind (a 0-d
+label array, a dict as audio) is a ``DataError`` naming the split and key.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 from sati.data.h5format import DataError, SplitArrays
 from sati.ingest.readers.common import Source, order_splits, pool_to_length, sanitize, split_name
 from sati.ingest.safe_pickle import load_pickle
+from sati.untrusted import short
 
 REQUIRED = ("raw_text", "id", "audio", "vision", "regression_labels")
 
@@ -42,7 +47,7 @@ def read_mmsa(path: str | Path, *, pool_unaligned: bool = False) -> Source:
     splits = {}
     for raw_name, d in data.items():
         if not isinstance(d, dict):
-            raise DataError(f"{path}: split {raw_name!r} is a {type(d).__name__}, expected a dict of arrays")
+            raise DataError(f"{path}: split {short(raw_name, 60)} is a {type(d).__name__}, expected a dict of arrays")
         splits[split_name(raw_name, path)] = _split(path, str(raw_name), d, pool_unaligned, notes)
     pooled = any(note.startswith("unaligned") for note in notes)
     return Source(
@@ -60,27 +65,34 @@ def _split(path: Path, raw: str, d: dict, pool_unaligned: bool, notes: list[str]
             raise DataError(
                 f"{path}: '{raw}/{key}' missing (an MMSA split has {', '.join(REQUIRED)}, and usually text, text_bert)"
             )
-    labels = np.asarray(d["regression_labels"], dtype=np.float32)
+    labels = _array(path, raw, d, "regression_labels", (1, 2), numbers=True).astype(np.float32)
     n = len(labels)
     labels = labels.reshape(n, -1)[:, 0]
-    for key in ("raw_text", "id", "audio", "vision", "text", "text_bert", "audio_lengths", "vision_lengths"):
-        if key in d and len(d[key]) != n:
-            raise DataError(f"{path}: '{raw}/{key}' has {len(d[key])} rows but '{raw}/regression_labels' has {n}")
-    audio, video = sanitize(d["audio"]), sanitize(d["vision"])
-    if audio.ndim != 3 or video.ndim != 3:
-        raise DataError(
-            f"{path}: '{raw}/audio' and '{raw}/vision' must be [N, T, D]; got {audio.shape} and {video.shape}"
-        )
+    arrays = {key: _array(path, raw, d, key, (1,)) for key in ("raw_text", "id")}
+    arrays |= {key: _array(path, raw, d, key, (3,), numbers=True) for key in ("audio", "vision")}
+    for key, ndims in (("text", (1, 2, 3, 4)), ("text_bert", (3,)), ("audio_lengths", (1,)), ("vision_lengths", (1,))):
+        if key in d:
+            arrays[key] = _array(path, raw, d, key, ndims, numbers=key != "text")
+    for key, value in arrays.items():
+        if len(value) != n:
+            raise DataError(f"{path}: '{raw}/{key}' has {len(value)} rows but '{raw}/regression_labels' has {n}")
+    audio, video = sanitize(arrays["audio"]), sanitize(arrays["vision"])
 
     text_len = None
-    if "text_bert" in d:
-        bert = np.asarray(d["text_bert"])
-        if bert.ndim != 3 or bert.shape[1] < 2:
+    if "text_bert" in arrays:
+        bert = arrays["text_bert"]
+        if bert.shape[1] < 2:
             raise DataError(f"{path}: '{raw}/text_bert' must be [N, 3, L] (ids; mask; segments), got {bert.shape}")
-        text_len = np.maximum(np.rint(bert[:, 1]).sum(1), 1).astype(np.int32)  # [N]
+        mask = np.rint(bert[:, 1])
+        if not np.isin(mask, (0, 1)).all():
+            raise DataError(
+                f"{path}: '{raw}/text_bert' row 1 (the attention mask) must hold 0s and 1s; it holds e.g. "
+                f"{short(mask[~np.isin(mask, (0, 1))][:3].tolist())}"
+            )
+        text_len = np.maximum(mask.sum(1), 1).astype(np.int32)  # [N], at most L
     text_features = text_lengths = None
-    if "text" in d and np.ndim(d["text"]) == 3:
-        text_features = sanitize(d["text"])
+    if "text" in arrays and arrays["text"].ndim == 3 and arrays["text"].dtype.kind in _NUMBERS:
+        text_features = sanitize(arrays["text"])
         full = np.full(n, text_features.shape[1], np.int32)
         text_lengths = full if text_len is None else np.minimum(text_len, full)
 
@@ -92,8 +104,8 @@ def _split(path: Path, raw: str, d: dict, pool_unaligned: bool, notes: list[str]
                 "gate needs one time axis. Use aligned_50.pkl, or pass --pool-unaligned to average-pool "
                 "each sample's audio and video to its text length"
             )
-        a_len = _lengths(d, "audio_lengths", audio)
-        v_len = _lengths(d, "vision_lengths", video)
+        a_len = _lengths(arrays, "audio_lengths", audio)
+        v_len = _lengths(arrays, "vision_lengths", video)
         target = text_len if text_len is not None else np.maximum(np.minimum(a_len, v_len), 1)
         t = int(target.max())
         audio = _pool_all(audio, a_len, target, t)
@@ -115,8 +127,8 @@ def _split(path: Path, raw: str, d: dict, pool_unaligned: bool, notes: list[str]
         keep = (np.arange(t)[None, :] < lengths[:, None])[..., None]
         audio, video = audio * keep, video * keep
 
-    ids = [_str(x).replace("$_$", "_") for x in d["id"]]
-    text = [_str(x) for x in d["raw_text"]]
+    ids = [_str(x).replace("$_$", "_") for x in arrays["id"]]
+    text = [_str(x) for x in arrays["raw_text"]]
     return SplitArrays(
         ids=ids,
         text=text,
@@ -129,14 +141,33 @@ def _split(path: Path, raw: str, d: dict, pool_unaligned: bool, notes: list[str]
     )
 
 
+_NUMBERS = "biuf"  # numpy kinds of real numbers (complex, strings and objects are not features)
+
+
+def _array(path: Path, raw: str, d: dict, key: str, ndims: tuple[int, ...], numbers: bool = False) -> np.ndarray:
+    """``d[key]`` as an array of one of ``ndims`` dimensions (of real numbers with ``numbers``), or a
+    ``DataError`` naming the split and key."""
+    value = d[key]
+    if not isinstance(value, (np.ndarray, list, tuple)):
+        raise DataError(f"{path}: '{raw}/{key}' is a {type(value).__name__}, expected an array")
+    array = np.asarray(value)
+    if array.ndim not in ndims:
+        want = " or ".join(f"{k}-d" for k in ndims)
+        raise DataError(f"{path}: '{raw}/{key}' has shape {array.shape}, expected a {want} array")
+    if numbers and array.dtype.kind not in _NUMBERS:
+        raise DataError(f"{path}: '{raw}/{key}' holds {array.dtype} values, expected real numbers")
+    return array
+
+
 def _str(x) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
-def _lengths(d: dict, key: str, x: np.ndarray) -> np.ndarray:
-    if key not in d:
+def _lengths(arrays: dict, key: str, x: np.ndarray) -> np.ndarray:
+    """Each sample's real frames of ``x`` [N, L, D]: ``arrays[key]`` clipped to [0, L], or L for all."""
+    if key not in arrays:
         return np.full(len(x), x.shape[1], np.int64)
-    return np.clip(np.asarray(d[key]).astype(np.int64).reshape(-1), 0, x.shape[1])
+    return np.clip(np.nan_to_num(arrays[key].astype(np.float64)), 0, x.shape[1]).astype(np.int64)
 
 
 def _pool_all(x: np.ndarray, lengths: np.ndarray, target: np.ndarray, t: int) -> np.ndarray:

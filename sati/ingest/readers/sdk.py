@@ -11,6 +11,7 @@ as its text has words. An absent audio or video file gives zeros of ``audio_dim`
 (listed in ``missing_modalities``); with both absent every sample has one zero step. A video the
 audio or video file has no entry for (CMU-MOSEI's feature files skip a few) gives its segments zeros
 there, marked absent per sample (``SplitArrays.present``); a file with no entry for any video is refused.
+The longest segment sets the padded length of all: padding beyond the ``array_bytes`` cap is refused.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sati.ingest.readers.common import (
 from sati.ingest.readers.csd import Csd, find_csd_files
 from sati.ingest.readers.folds import load_folds
 from sati.ingest.readers.label_csv import read_label_csv
+from sati.untrusted import short_text
 
 
 class MissingTextError(DataError):
@@ -157,14 +159,14 @@ def _attach_text(segments, csv_rows, words_path, text_csv, drop: bool, notes: li
         raise DataError("no text: pass --text label.csv, or put the words .csd (…TimestampedWords.csd) in the folder")
     absent = [s.id for s in segments if not s.text]
     if absent and not drop:
-        shown = ", ".join(absent[:10]) + (", …" if len(absent) > 10 else "")
+        shown = ", ".join(short_text(i, 60) for i in absent[:10]) + (", …" if len(absent) > 10 else "")
         raise MissingTextError(
             f"{text_csv or words_path}: text missing for {len(absent)} of {len(segments)} "
             f"segments: {shown}. Pass --drop-missing-text to leave them out of the dataset"
         )
     if absent:
         notes.append(
-            f"dropped {len(absent)} segments without text: {', '.join(absent[:10])}"
+            f"dropped {len(absent)} segments without text: {', '.join(short_text(i, 60) for i in absent[:10])}"
             + (", …" if len(absent) > 10 else "")
         )
     return [s for s in segments if s.text]
@@ -177,7 +179,8 @@ def _splits(segments, csv_rows, folds, text_csv, notes: list[str]) -> dict[str, 
         if outside:
             raise DataError(
                 f"{where}: {len(outside)} videos of the labels are in no fold (e.g. "
-                f"{', '.join(outside[:5])}); for another dataset pass --folds FILE with its folds"
+                f"{', '.join(short_text(v, 60) for v in outside[:5])}); for another dataset pass --folds FILE "
+                "with its folds"
             )
         notes.append(f"splits from the folds {where}")
         return {s.id: by_video[s.video] for s in segments}
@@ -242,7 +245,8 @@ def _split(segments, idx: list[int], features: dict, audio_dim: int, video_dim: 
     for m, dim in (("audio", audio_dim), ("video", video_dim)):
         if m in features:
             dim = next(iter(features[m].values())).shape[1]
-            arrays[m] = pad_stack([features[m].get(i, np.zeros((0, dim), np.float32)) for i in ids], dim, t)
+            seqs = [features[m].get(i, np.zeros((0, dim), np.float32)) for i in ids]
+            arrays[m] = pad_stack(seqs, dim, t, what=f"{m} features of {len(ids)} segments")
         else:
             arrays[m] = zeros_modality(len(ids), t, dim)
     present = np.concatenate([np.ones((len(ids), 1), bool), held], 1)  # text, audio, video
