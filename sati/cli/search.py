@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from sati.cli.options import add_overrides, add_tracking_uri
-from sati.config import ConfigError, load_pipeline
+from sati.config import ConfigError, load_pipeline, parse_overrides
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -40,9 +40,8 @@ def _search(args) -> int:
     from sati.search.runner import resume_search, run_search
 
     if args.resume:
-        outcome = resume_search(args.resume, tracking_uri=args.tracking_uri)
+        outcome = resume_search(args.resume, tracking_uri=args.tracking_uri, overrides=parse_overrides(args.overrides))
     elif args.extend:
-        from sati.config import parse_overrides
         from sati.search.runner import extend_search
 
         outcome = extend_search(args.extend, parse_overrides(args.overrides), tracking_uri=args.tracking_uri)
