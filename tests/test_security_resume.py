@@ -218,18 +218,22 @@ def test_a_driver_killed_at_any_moment_leaves_a_state_that_verifies(storage_root
 # A real search: pickles planted in its folder never run, its state file is trusted only as signed
 
 
+def _two_trials(cwd: Path, data: Path, encoder: Path) -> Path:
+    """A pipeline of 2 one-epoch trials, its storage in ``cwd/searches``, tracked in ``cwd/mlflow.db``."""
+    return write_search_pipeline(
+        cwd / "p.yaml", data, encoder, f"sqlite:///{cwd / 'mlflow.db'}", cwd / "searches",
+        {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}},
+        search={"num_samples": 2, "scheduler": "fifo"}, train={"epochs": 1},
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def finished_search(tmp_path_factory, synth_path, tiny_encoder):
     """A finished 2-trial search, its storage in ``<cwd>/searches``, tracked in ``<cwd>/mlflow.db`` (the
     default a resume from that folder finds)."""
     cwd = tmp_path_factory.mktemp("search")
     uri = f"sqlite:///{cwd / 'mlflow.db'}"
-    pipeline = write_search_pipeline(
-        cwd / "p.yaml", synth_path, tiny_encoder, uri, cwd / "searches",
-        {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}},
-        search={"num_samples": 2, "scheduler": "fifo"}, train={"epochs": 1},
-    )  # fmt: skip
-    out = run_sati(["search", str(pipeline)], cwd=cwd)
+    out = run_sati(["search", str(_two_trials(cwd, synth_path, tiny_encoder))], cwd=cwd)
     assert out.returncode == 0, out.stderr[-3000:]
     parent = parent_run_id(out.stdout)
     name = MlflowClient(uri).get_run(parent).info.run_name
@@ -519,11 +523,7 @@ def test_the_study_password_is_written_nowhere_and_given_again_to_extend(postgre
     study_url = f"postgresql+psycopg2://postgres:{password}@127.0.0.1:{postgres.port}/mlflow"  # trust auth
     masked = f"postgresql+psycopg2://postgres:***@127.0.0.1:{postgres.port}/mlflow"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    pipeline = write_search_pipeline(
-        tmp_path / "p.yaml", synth_path, tiny_encoder, uri, tmp_path / "searches",
-        {"train.lr": {"loguniform": [1.0e-4, 3.0e-3]}},
-        search={"num_samples": 2, "scheduler": "fifo"}, train={"epochs": 1},
-    )  # fmt: skip
+    pipeline = _two_trials(tmp_path, synth_path, tiny_encoder)
     env = {"SATI_STUDY_STORAGE": ""}
     out = run_sati(["search", str(pipeline), "--set", f"search.study_storage={study_url}"], cwd=tmp_path, **env)
     assert out.returncode == 0, out.stderr[-3000:]
