@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sati.search.search_key import KEY_ENV, SearchKeyError, key_file, search_key
+from sati.search.search_key import KEY_ENV, SearchKeyError, active_key, key_file, search_key
 from sati.search.signed_storage import MAC_SUFFIX, UnverifiedFileError, signed_filesystem, verify_experiment
 from sati.search.state import STATE_FILE, read_search_state, write_search_state
 from sati.storage import join as join_uri
@@ -68,8 +68,8 @@ def own_key_file(tmp_path, monkeypatch):
     """No $SATI_SEARCH_KEY: the key comes from the key file under a private $XDG_CONFIG_HOME."""
     monkeypatch.delenv(KEY_ENV, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    yield key_file()
-    search_key.__globals__["_active"] = None
+    monkeypatch.setattr("sati.search.search_key._active", None)  # as in a process that loaded no key yet
+    return key_file()
 
 
 def test_the_key_file_is_made_private_on_first_use_and_kept(own_key_file):
@@ -88,6 +88,15 @@ def test_a_key_file_others_can_read_or_write_is_refused(own_key_file, mode):
     with pytest.raises(SearchKeyError) as err:
         search_key()
     assert str(own_key_file) in str(err.value) and f"mode {mode:03o}" in str(err.value)
+
+
+def test_a_process_that_loaded_no_key_never_makes_one(own_key_file):
+    """A trial, or Ray Client's Tune driver on the head node: it finds a key, or refuses; it never creates one."""
+    with pytest.raises(SearchKeyError, match="x.pkl: no search key in this process"):
+        active_key("x.pkl")
+    assert not own_key_file.exists()
+    first = search_key()
+    assert active_key("x.pkl") == first
 
 
 def test_a_short_key_is_refused(monkeypatch):

@@ -9,8 +9,10 @@ loads only what carries a valid MAC. The key is, in this order:
   first use with 64 random hex digits, mode 0600, in a folder of mode 0700.
 
 A key file owned by another user, or one that the group or others may read or write, is refused:
-whoever reads the key can sign a pickle that a resume then runs. Only the driver loads the key; the
-trials never need it (``active_key`` is None in a process that did not load it).
+whoever reads the key can sign a pickle that a resume then runs. Only the process that writes or
+reads Tune's experiment state needs the key: the ``sati`` driver, or with Ray Client (``ray://``) the
+Tune driver that Ray runs on the head node, which finds it the same way but never creates one.
+Trials never need it.
 """
 
 from __future__ import annotations
@@ -60,17 +62,26 @@ _active: SearchKey | None = None
 
 
 def search_key() -> SearchKey:
-    """The driver's key (module docstring), created on first use; it becomes this process's
-    ``active_key``."""
+    """The driver's key (module docstring), created on first use; this process signs and verifies
+    with it from now on (``active_key``)."""
     global _active
     env = os.environ.get(KEY_ENV)
-    key = _from_env(env) if env is not None else _from_file(key_file())
-    _active = key
-    return key
+    _active = _from_env(env) if env is not None else _from_file(key_file(), create=True)
+    return _active
 
 
-def active_key() -> SearchKey | None:
-    """The key this process loaded with ``search_key``; None in a process that never did (a trial)."""
+def active_key(what: str) -> SearchKey:
+    """The key this process loaded (``search_key``), else the one its environment or key file holds,
+    never a new one: a ``SearchKeyError`` naming ``what`` needs it when there is none."""
+    global _active
+    if _active is None:
+        env, path = os.environ.get(KEY_ENV), key_file()
+        if env is None and not path.exists():
+            raise SearchKeyError(
+                f"{what}: no search key in this process (${KEY_ENV} unset, no {path}); with Ray Client "
+                f"(ray://) the Tune driver on the head node needs the key the search is signed with"
+            )
+        _active = _from_env(env) if env is not None else _from_file(path, create=False)
     return _active
 
 
@@ -88,8 +99,8 @@ def _from_env(value: str) -> SearchKey:
     return _checked(value, f"${KEY_ENV}")
 
 
-def _from_file(path: Path) -> SearchKey:
-    if not path.exists():
+def _from_file(path: Path, create: bool) -> SearchKey:
+    if create and not path.exists():
         _create(path)
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:

@@ -26,9 +26,9 @@ the checkpoints (``best.pt``/``last.pt``, read with ``weights_only``). A trial's
 signed like any pickle, though nothing sati runs reads it back (Tune rebuilds a restored trial's config
 from the signed experiment state).
 
-Only the driver holds the key. The wrapper also travels to the trials (Ray ships the storage with each
-trial), where it passes checkpoints through untouched and refuses any guarded file: a trial never
-reads or writes one.
+Only the driver holds the key (``sati.search.search_key``). The wrapper also travels to the trials (Ray
+ships the storage with each trial), where it passes checkpoints through untouched: a trial never
+reads or writes a guarded file.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import pyarrow
 import pyarrow.fs
 
 from sati import storage
-from sati.search.search_key import SearchKey, SearchKeyError, active_key, search_key
+from sati.search.search_key import SearchKey, active_key, search_key
 
 MAC_SUFFIX = ".mac"
 MAX_GUARDED_BYTES = 1 << 30  # a state file larger than this is refused before it is read
@@ -106,16 +106,6 @@ class SignedStorage(pyarrow.fs.FileSystemHandler):
         """A file below the root as the user names it: a path, or a URI with its query string."""
         return storage.join(self.location, *name.split("/"))
 
-    @staticmethod
-    def _key(name: str) -> SearchKey:
-        key = active_key()
-        if key is None:
-            raise SearchKeyError(
-                f"{name}: only the sati driver reads or writes a search's signed files (no search key loaded "
-                "in this process)"
-            )
-        return key
-
     # -- verified reads ----------------------------------------------------------------------
 
     def _read(self, path: str, limit: int) -> bytes:
@@ -140,7 +130,7 @@ class SignedStorage(pyarrow.fs.FileSystemHandler):
     def verified(self, path: str, name: str) -> bytes:
         """The bytes of the guarded file at ``path`` (signed as ``name``) once their MAC matches; else
         ``UnverifiedFileError`` naming the file and why."""
-        key = self._key(self.where(name))
+        key = active_key(self.where(name))
         info = self.inner.get_file_info(path)
         if info.type == pyarrow.fs.FileType.File and (info.size or 0) > MAX_GUARDED_BYTES:
             raise UnverifiedFileError(f"{self.where(name)}: {info.size} bytes, above {MAX_GUARDED_BYTES}; refused")
@@ -175,12 +165,12 @@ class SignedStorage(pyarrow.fs.FileSystemHandler):
 
     def commit(self, path: str, name: str, data: bytes) -> None:
         """Write the guarded file ``path`` (signed as ``name``): its MAC first, then the file."""
-        key = self._key(self.where(name))
+        key = active_key(self.where(name))
         mac = key.mac(name, data)
         with self._lock:
             previous = self._known.get(path)
-        if previous != mac:
-            kept = [previous] if previous else self._sidecar(path)[1][-1:]
+        kept = [previous] if previous else self._sidecar(path)[1][-1:]  # valid until the new file has landed
+        if kept != [mac]:
             self._put(path + MAC_SUFFIX, json.dumps({"key_id": key.id, "macs": [*kept, mac]}).encode())
         self._put(path, data)
         with self._lock:
