@@ -258,7 +258,8 @@ def run_reproduction(
             out_dir=str(out),
         )
         write_search_state(directory, state)
-        console(f"reproduction {name}: MLflow run {run_id} in experiment '{cfg.tracking.experiment}' at {store.uri}")
+        shown_uri = mask_password(store.uri)
+        console(f"reproduction {name}: MLflow run {run_id} in experiment '{cfg.tracking.experiment}' at {shown_uri}")
         return TrialRuns(store, run_id, checksum, commit)
 
     _train(cfg, variants, seeds, name, start, lambda: state.get("parent_run_id"), store, console)
@@ -335,6 +336,7 @@ def finish_reproduction(
     """Evaluate every finished trial's checkpoint on test, then write and log the tables, the paired
     differences, the plot and the description."""
     from sati.data.h5format import read_info, read_split
+    from sati.search.study import mask_password
     from sati.tracking.reproductions import log_reproduction_summary, log_test_metrics, variant_runs
 
     runs = variant_runs(store, parent)
@@ -373,7 +375,7 @@ def finish_reproduction(
     console("\n".join(f"{title}\n\n{report.texts[f]}" for f, title in TABLES.items() if f in report.texts))
     if missing:
         console(f"note: no finished run for {', '.join(f'{v} seed {s}' for v, s in missing)}; left out of the tables")
-    console(f"tables: {out_dir}/\nMLflow run: {parent} at {store.uri}")
+    console(f"tables: {out_dir}/\nMLflow run: {parent} at {mask_password(store.uri)}")
     return ReproductionOutcome(parent, store.uri, out_dir, report.texts, results, missing)
 
 

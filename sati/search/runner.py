@@ -112,7 +112,8 @@ def run_search(
             "planned": cfg.search.num_samples,
         }
         write_search_state(search_dir, state)
-        console(f"search {name}: MLflow parent run {parent} in experiment '{cfg.tracking.experiment}' at {store.uri}")
+        shown_uri = mask_password(store.uri)
+        console(f"search {name}: MLflow parent run {parent} in experiment '{cfg.tracking.experiment}' at {shown_uri}")
         _announce(cfg, store, parent, study, console)
 
         def make_tuner():
@@ -250,7 +251,7 @@ def _announce(cfg: PipelineConfig, store: TrackingStore, parent: str, study: tup
     experiment = store.run(parent).experiment_id
     store.client.set_experiment_tag(experiment, contract.EXPERIMENT_KIND, contract.MODEL_TRAINING_KIND)
     metric, mode = cfg.train.selection_metric, cfg.train.selection_direction
-    link = runs_table_link(ui_address(store.uri), experiment, parent, metric, mode)
+    link = runs_table_link(ui_address(mask_password(store.uri)), experiment, parent, metric, mode)
     console(f"runs, best first: {link}")
     if study[0] is None:
         console(
@@ -302,7 +303,7 @@ def _finish(cfg, space, store: TrackingStore, parent, search_dir, state, console
     console(
         f"\nsearch directory: {search_dir}\nMLflow parent run: {parent}\n"
         f"cost: {cost['cost/cpu_hours']:.3g} CPU-hours, {cost['cost/gpu_hours']:.3g} GPU-hours\n"
-        f"see it with: mlflow ui --backend-store-uri {store.uri}"
+        f"see it with: mlflow ui --backend-store-uri {mask_password(store.uri)}"
     )
     return SearchOutcome(parent, store.uri, search_dir, rows, best)
 

@@ -119,7 +119,7 @@ class SignedStorage(pyarrow.fs.FileSystemHandler):
         """(key id, MACs) of ``<path>.mac``; (None, []) when it is missing or malformed."""
         try:
             record = json.loads(self._read(path + MAC_SUFFIX, _MAX_SIDECAR_BYTES))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested past Python's limit
             return None, []
         if not isinstance(record, dict) or not isinstance(record.get("macs"), list):
             return None, []
