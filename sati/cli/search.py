@@ -17,7 +17,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--resume",
         metavar="SEARCH_DIR_OR_RUN_ID",
         default=None,
-        help="continue an interrupted search (its directory or MLflow parent run id)",
+        help="continue an interrupted search (its directory or MLflow parent run id); a study database "
+        "password is given again with $SATI_STUDY_STORAGE or --set search.study_storage=URL",
     )
     search.add_argument(
         "--extend",
@@ -31,7 +32,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="run the pre-flight only (resources, data and storage on every node, text encoder) and exit 0 or 2",
     )
     add_tracking_uri(
-        search, "with --resume RUN_ID: the MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)"
+        search,
+        "with --resume/--extend: your MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db); "
+        "the search's own must be the same",
     )
     search.set_defaults(run=_search)
 
