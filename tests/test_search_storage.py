@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from sati.search.state import STATE_FILE, as_search_dir, read_search_state, write_search_state
 from sati.storage import join as join_uri
+from sati.storage import split as split_uri
 from sati.testing.pipelines import write_search_pipeline
 from sati.testing.processes import run_sati
 from sati.testing.searches import assert_resumed_cleanly, crash_after_first_epoch, parent_run_id
@@ -83,6 +84,7 @@ def test_join_keeps_the_query_string_as_tune_does(base, joined):
     assert str(uri_utils.URI(base) / "name") == joined  # what Tune makes of storage_path + name
     restored = uri_utils.URI(joined)  # what Tuner.restore makes of the search dir
     assert (restored.name, str(restored.parent)) == ("name", join_uri(base))
+    assert split_uri(joined) == (join_uri(base), "name")  # where a resume looks for the storage of a search
 
 
 # ---------------------------------------------------------------------------------------------
