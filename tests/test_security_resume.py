@@ -223,6 +223,35 @@ def test_a_driver_killed_at_any_moment_leaves_a_state_that_verifies(storage_root
     assert len(versions) > 1  # the kills landed at different versions
 
 
+_UPLOAD = """
+import sys
+from pathlib import Path
+import pyarrow, pyarrow.fs
+from sati.search.signed_storage import signed_filesystem
+pyarrow.set_io_thread_count(2)  # fewer IO threads than signed files: what a search with many trials meets
+location, src = sys.argv[1:]
+fs, root = signed_filesystem(location)
+fs.create_dir(f"{root}/exp", recursive=True)
+pyarrow.fs.copy_files(src, f"{root}/exp", destination_filesystem=fs)  # as Tune's syncer uploads
+print("uploaded", flush=True)
+"""
+
+
+def test_tune_uploads_more_signed_files_than_io_threads_to_s3(s3_server, tmp_path):
+    """Tune uploads the driver's staging folder with ``copy_files``, closing each file on Arrow's IO
+    pool; an S3 stream uploading in the background there would wait for the pool it blocks (a hang)."""
+    for t in range(12):
+        (tmp_path / f"trial_{t}").mkdir()
+        (tmp_path / f"trial_{t}" / "params.pkl").write_bytes(pickle.dumps({"trial": t}))
+    location = s3_server.storage_uri(f"upload/{tmp_path.name}")
+    out = subprocess.run(
+        [sys.executable, "-c", _UPLOAD, location, str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=loopback_env(**s3_server.env),
+    )  # fmt: skip
+    assert out.returncode == 0 and "uploaded" in out.stdout, out.stderr[-2000:]
+    assert verify_experiment(location, "exp") == 12
+
+
 # ---------------------------------------------------------------------------------------------
 # A real search: pickles planted in its folder never run, its state file is trusted only as signed
 

@@ -264,12 +264,25 @@ class _SignOnClose(io.RawIOBase):
             self._commit(data)
 
 
+def _writing_in_place(fs: pyarrow.fs.FileSystem) -> pyarrow.fs.FileSystem:
+    """``fs``, an S3 one made to upload in the thread that writes (``background_writes=False``).
+
+    Tune uploads with ``pyarrow.fs.copy_files``, which closes each file on Arrow's IO thread pool; a
+    file of this wrapper is a Python stream whose close writes the file and its MAC. An S3 stream that
+    uploads in the background would wait, in that close, for IO-pool threads that are all busy
+    closing such files: a deadlock as soon as there are more of them than IO threads."""
+    if not isinstance(fs, pyarrow.fs.S3FileSystem):
+        return fs
+    rebuild, (options,) = fs.__reduce__()
+    return rebuild({**options, "background_writes": False})
+
+
 def signed_filesystem(location: str | Path) -> tuple[pyarrow.fs.FileSystem, str]:
     """``(filesystem, path in it)`` for the search storage ``location`` (a path or URI, as ``search.storage_path``),
     signing and verifying its guarded files with this user's search key (loaded here)."""
     search_key()
     inner, root = storage.filesystem(location)
-    return pyarrow.fs.PyFileSystem(SignedStorage(inner, root, str(location))), root
+    return pyarrow.fs.PyFileSystem(SignedStorage(_writing_in_place(inner), root, str(location))), root
 
 
 def verify_experiment(location: str | Path, experiment: str) -> int:
