@@ -204,6 +204,7 @@ def run_reproduction(
     from sati import storage
     from sati.provenance import git_commit, versions
     from sati.search.state import write_search_state
+    from sati.search.study import mask_password, shown_pipeline
     from sati.tracking.reproductions import start_reproduction_run
     from sati.tracking.searches import TrialRuns
 
@@ -222,6 +223,7 @@ def run_reproduction(
     )
     commit = git_commit()
     state: dict[str, Any] = {}
+    shown = shown_pipeline(cfg)  # no password written anywhere
 
     def start() -> TrialRuns:
         from sati.tracking import contract
@@ -231,8 +233,8 @@ def run_reproduction(
             cfg.tracking.experiment,
             name=name,
             source=what,
-            pipeline=cfg.to_dict(),
-            params=flatten(cfg.to_dict()),
+            pipeline=shown,
+            params=flatten(shown),
             variants=list(variants),
             seeds=seeds,
             noise=request.noise,
@@ -246,8 +248,8 @@ def run_reproduction(
         state.update(
             kind=contract.Role.REPRODUCTION.value,
             parent_run_id=run_id,
-            tracking_uri=store.uri,
-            pipeline=cfg.to_dict(),
+            tracking_uri=mask_password(store.uri),
+            pipeline=shown,
             name=name,
             source=what,
             variants=list(variants),
@@ -256,7 +258,8 @@ def run_reproduction(
             out_dir=str(out),
         )
         write_search_state(directory, state)
-        console(f"reproduction {name}: MLflow run {run_id} in experiment '{cfg.tracking.experiment}' at {store.uri}")
+        shown_uri = mask_password(store.uri)
+        console(f"reproduction {name}: MLflow run {run_id} in experiment '{cfg.tracking.experiment}' at {shown_uri}")
         return TrialRuns(store, run_id, checksum, commit)
 
     _train(cfg, variants, seeds, name, start, lambda: state.get("parent_run_id"), store, console)
@@ -267,35 +270,34 @@ def resume_reproduction(
     target: str, tracking_uri: str | None = None, console: Callable[[str], None] = print
 ) -> ReproductionOutcome:
     """Continue an interrupted reproduction from its directory or its MLflow run id: unfinished trials
-    train on from their checkpoints, then everything is evaluated and reported."""
-    from sati.search.state import STATE_FILE, as_search_dir, read_search_state
+    train on from their checkpoints, then everything is evaluated and reported. Where it is and every
+    pickle and state file of it are checked before Ray starts (``sati.search.target``, MACs)."""
+    from sati.search.signed_storage import verify_experiment
+    from sati.search.state import STATE_FILE
+    from sati.search.target import open_search
     from sati.tracking import contract
     from sati.tracking.reproductions import find_reproduction
 
-    if (directory := as_search_dir(target)) is not None:
-        state = read_search_state(directory)
-        store = TrackingStore.open(state["tracking_uri"])
-    else:
-        store = TrackingStore.open(tracking_uri)
-        directory = find_reproduction(store, target).tags[contract.SEARCH_DIR]
-        state = read_search_state(directory)
+    found = open_search(target, tracking_uri, find_reproduction)
+    store, state, directory = found.store, found.state, found.search_dir
     if state.get("kind") != contract.Role.REPRODUCTION.value:
         raise ReproductionError(f"{directory}: not a reproduction (its {STATE_FILE} is a search's)")
-    cfg = from_dict(state["pipeline"], f"{directory}/{STATE_FILE}")
+    verify_experiment(found.storage_path, state["name"])
+    cfg = from_dict(state["pipeline"], f"{directory}/{STATE_FILE}").replace({"search.study_storage": None})
     noise = [float(s) for s in state["noise"]]
     request = parse_request(",".join(state["variants"]), len(state["seeds"]), noise)
-    parent = state["parent_run_id"]
+    parent = found.parent_run_id
     console(f"resuming reproduction {state['name']} (MLflow run {parent}) from {directory}")
 
     def start() -> None:
         store.reopen_run(parent)
 
     variants = {v: VARIANTS[v] for v in request.variants}
-    _train(cfg, variants, state["seeds"], state["name"], start, lambda: parent, store, console, directory)
+    _train(cfg, variants, state["seeds"], state["name"], start, lambda: parent, store, console, resume=True)
     return finish_reproduction(store, parent, cfg, request, state["seeds"], Path(state["out_dir"]), console)
 
 
-def _train(cfg, variants, seeds, name, start, parent_of, store: TrackingStore, console, resume_dir=None) -> None:
+def _train(cfg, variants, seeds, name, start, parent_of, store: TrackingStore, console, resume=False) -> None:
     """The Ray part; a reproduction whose training dies marks its run FAILED (``--resume`` reopens it)."""
     from sati import storage
     from sati.search.reproduction import train_variants
@@ -309,12 +311,12 @@ def _train(cfg, variants, seeds, name, start, parent_of, store: TrackingStore, c
             start=start,
             address=cfg.search.ray_address,
             console=console,
-            resume_dir=resume_dir,
+            resume=resume,
         )
         if unfinished:
             raise ReproductionInterrupted(
                 f"interrupted with {unfinished} trial(s) unfinished; continue with: sati reproduce --resume "
-                f"{resume_dir or storage.join(cfg.search.storage_path, name)}"
+                f"{storage.join(cfg.search.storage_path, name)}"
             )
     except BaseException:
         if parent_of():
@@ -334,6 +336,7 @@ def finish_reproduction(
     """Evaluate every finished trial's checkpoint on test, then write and log the tables, the paired
     differences, the plot and the description."""
     from sati.data.h5format import read_info, read_split
+    from sati.search.study import mask_password
     from sati.tracking.reproductions import log_reproduction_summary, log_test_metrics, variant_runs
 
     runs = variant_runs(store, parent)
@@ -372,7 +375,7 @@ def finish_reproduction(
     console("\n".join(f"{title}\n\n{report.texts[f]}" for f, title in TABLES.items() if f in report.texts))
     if missing:
         console(f"note: no finished run for {', '.join(f'{v} seed {s}' for v, s in missing)}; left out of the tables")
-    console(f"tables: {out_dir}/\nMLflow run: {parent} at {store.uri}")
+    console(f"tables: {out_dir}/\nMLflow run: {parent} at {mask_password(store.uri)}")
     return ReproductionOutcome(parent, store.uri, out_dir, report.texts, results, missing)
 
 

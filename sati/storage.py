@@ -30,6 +30,17 @@ def join(base: str | Path, *names: str) -> str:
     return parsed._replace(netloc=path, path="").geturl()
 
 
+def split(location: str | Path) -> tuple[str, str]:
+    """``(parent, name)`` of a path or URI, the inverse of ``join`` (a URI's parent keeps its query string):
+    what ``Tuner.restore`` makes of an experiment directory (``storage_path``, run name)."""
+    if not is_uri(location):
+        path = Path(location)
+        return str(path.parent), path.name
+    parsed = urllib.parse.urlparse(str(location))
+    parent, name = posixpath.split(posixpath.normpath(parsed.netloc + parsed.path))
+    return parsed._replace(netloc=parent, path="").geturl(), name
+
+
 def filesystem(location: str | Path):
     """``(pyarrow filesystem, path in it)`` for a local path or a URI, as Tune resolves ``storage_path``."""
     import pyarrow.fs

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import os
+import secrets
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the key searches sign their storage with (sati.search.search_key): the tests never touch a user's key file
+os.environ.setdefault("SATI_SEARCH_KEY", secrets.token_hex(32))
 
 from pathlib import Path
 
@@ -61,6 +64,26 @@ def small_config(tmp_path: Path, data_path: Path, encoder: Path, **sections) -> 
     """A pipeline mapping for a fast CPU run writing to ``tmp_path/run``; ``sections`` update it."""
     train = {"out_dir": str(tmp_path / "run"), **sections.pop("train", {})}
     return small_pipeline(data_path, encoder, train=train, **sections)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """A moto S3 server on 127.0.0.1 for the module; pyarrow in this process gets its credentials."""
+    from sati.testing.servers import S3Server, s3_server_missing
+
+    missing = s3_server_missing()
+    if missing:
+        pytest.skip(missing)
+    server = S3Server(tmp_path_factory.mktemp("s3-server"))
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)  # pyarrow in this process reads its credentials from the environment
+    yield server
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
 
 
 @pytest.fixture

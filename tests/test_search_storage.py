@@ -4,36 +4,18 @@ Tune's, and ``sati search --resume`` finds it there. A real S3-compatible server
 
 from __future__ import annotations
 
-import os
-
 import pyarrow.fs
 import pytest
 from mlflow.tracking import MlflowClient
 
 from sati.search.state import STATE_FILE, as_search_dir, read_search_state, write_search_state
 from sati.storage import join as join_uri
+from sati.storage import split as split_uri
 from sati.testing.pipelines import write_search_pipeline
 from sati.testing.processes import run_sati
 from sati.testing.searches import assert_resumed_cleanly, crash_after_first_epoch, parent_run_id
-from sati.testing.servers import MlflowServer, S3Server, s3_server_missing
+from sati.testing.servers import MlflowServer, S3Server
 from sati.tracking.store import TrackingError
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    missing = s3_server_missing()
-    if missing:
-        pytest.skip(missing)
-    server = S3Server(tmp_path_factory.mktemp("s3-server"))
-    saved = {k: os.environ.get(k) for k in server.env}
-    os.environ.update(server.env)  # pyarrow in this process reads its credentials from the environment
-    yield server
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.stop()
 
 
 def _keys(server: S3Server, prefix: str) -> set[str]:
@@ -51,7 +33,7 @@ def test_state_round_trip_on_a_local_dir(tmp_path):
     state = {"parent_run_id": "abc", "tracking_uri": "http://127.0.0.1:1", "pipeline": {"name": "t"}, "name": "t-1"}
     write_search_state(tmp_path / "search", state)
     assert read_search_state(tmp_path / "search") == state
-    assert sorted(p.name for p in (tmp_path / "search").iterdir()) == [STATE_FILE]  # no temp file left
+    assert sorted(p.name for p in (tmp_path / "search").iterdir()) == [STATE_FILE, f"{STATE_FILE}.mac"]  # no temp file
     assert as_search_dir(str(tmp_path / "search")) == str((tmp_path / "search").resolve())
 
 
@@ -61,7 +43,7 @@ def test_state_round_trip_on_s3(s3_server):
     state = {"parent_run_id": "abc", "name": "t-1", "pipeline": {"search": {"storage_path": search_dir}}}
     write_search_state(search_dir, state)
     assert read_search_state(search_dir) == state
-    assert _keys(s3_server, "unit") == {f"t-1/{STATE_FILE}"}
+    assert _keys(s3_server, "unit") == {f"t-1/{STATE_FILE}", f"t-1/{STATE_FILE}.mac"}  # the state and its MAC
 
 
 def test_missing_state_names_the_search_dir(tmp_path, s3_server):
@@ -102,6 +84,7 @@ def test_join_keeps_the_query_string_as_tune_does(base, joined):
     assert str(uri_utils.URI(base) / "name") == joined  # what Tune makes of storage_path + name
     restored = uri_utils.URI(joined)  # what Tuner.restore makes of the search dir
     assert (restored.name, str(restored.parent)) == ("name", join_uri(base))
+    assert split_uri(joined) == (join_uri(base), "name")  # where a resume looks for the storage of a search
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from sati.cli.options import add_overrides, add_tracking_uri
-from sati.config import ConfigError, load_composed
+from sati.config import ConfigError, load_composed, parse_overrides
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +23,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--resume",
         metavar="SEARCH_DIR_OR_RUN_ID",
         default=None,
-        help="continue an interrupted search (its directory or MLflow parent run id)",
+        help="continue an interrupted search (its directory or MLflow parent run id); a study database "
+        "password is given again with $SATI_STUDY_STORAGE or --set search.study_storage=URL",
     )
     search.add_argument(
         "--extend",
@@ -37,7 +38,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="run the pre-flight only (resources, data and storage on every node, text encoder) and exit 0 or 2",
     )
     add_tracking_uri(
-        search, "with --resume RUN_ID: the MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)"
+        search,
+        "with --resume/--extend: your MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db); "
+        "the search's own must be the same",
     )
     search.set_defaults(run=_search)
 
@@ -46,9 +49,8 @@ def _search(args) -> int:
     from sati.search.runner import resume_search, run_search
 
     if args.resume:
-        outcome = resume_search(args.resume, tracking_uri=args.tracking_uri)
+        outcome = resume_search(args.resume, tracking_uri=args.tracking_uri, overrides=parse_overrides(args.overrides))
     elif args.extend:
-        from sati.config import parse_overrides
         from sati.search.runner import extend_search
 
         outcome = extend_search(args.extend, parse_overrides(args.overrides), tracking_uri=args.tracking_uri)

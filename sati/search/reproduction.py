@@ -19,7 +19,7 @@ from sati.search.preflight import run_preflight
 from sati.search.ray_session import ray_session
 from sati.search.trainable import FINISHED
 from sati.search.trial_configs import VariantPipelines
-from sati.search.tuner import _run_config, _trainable, tune_metric
+from sati.search.tuner import _run_config, _trainable, restore_tuner, tune_metric
 from sati.tracking.searches import TrialRuns
 
 
@@ -51,27 +51,21 @@ def train_variants(
     start: Callable[[], TrialRuns],
     address: str | None,
     console: Callable[[str], None],
-    resume_dir: str | None = None,
+    resume: bool = False,
 ) -> int:
-    """Train the grid on Ray (started for the call, or joined at ``address``): a new one, or the
-    interrupted one in ``resume_dir``. ``start`` runs after the pre-flight and before any trial: it
-    opens the MLflow run the trials go under and returns their ``TrialRuns``. Returns how many trials
-    did not end (Tune returns after Ctrl-C with its state saved)."""
+    """Train the grid on Ray (started for the call, or joined at ``address``): a new one, or (``resume``)
+    the interrupted one in ``<search.storage_path>/<name>``. ``start`` runs after the pre-flight and
+    before any trial: it opens the MLflow run the trials go under and returns their ``TrialRuns``.
+    Returns how many trials did not end (Tune returns after Ctrl-C with its state saved)."""
     with ray_session(address):
         run_preflight(cfg, embedded=not address, console=console)
         runs = start()
-        if resume_dir is None:
+        if not resume:
             tuner = build_reproduction_tuner(cfg, variants, seeds, name, runs)
-        else:
-            if not tune.Tuner.can_restore(resume_dir):
-                raise ValueError(f"{resume_dir}: no restorable Ray Tune experiment state here")
-            tuner = tune.Tuner.restore(  # the callbacks (and their TrialRuns) come back from the state
-                resume_dir,
-                trainable=_trainable(VariantPipelines(cfg.to_dict(), variants), cfg),
-                resume_unfinished=True,
-                resume_errored=True,  # a trial that died with its worker trains on from its checkpoint
-                restart_errored=False,
-            )
+        else:  # the callbacks (and their TrialRuns) come back from the state; a trial that died with its
+            # worker trains on from its checkpoint
+            trainable = _trainable(VariantPipelines(cfg.to_dict(), variants), cfg)
+            tuner = restore_tuner(cfg.search.storage_path, name, trainable, resume_errored=True)
         results = tuner.fit()
     # After Ctrl-C Tune returns (its state saved) with the running trials marked terminated and the rest
     # not created: a trial ended only if the trainer said so on its last report, or it failed.

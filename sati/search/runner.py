@@ -6,6 +6,7 @@ Orchestration only: Ray is started or joined by ``ray_session``, the Tuners are 
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -20,10 +21,19 @@ from sati.provenance import file_sha256, git_commit, versions
 from sati.search import plots, summary
 from sati.search.preflight import run_preflight
 from sati.search.ray_session import ray_session
+from sati.search.signed_storage import verify_experiment
 from sati.search.space import SearchSpace, load_space
-from sati.search.state import STATE_FILE, as_search_dir, read_search_state, write_search_state
+from sati.search.state import STATE_FILE, write_search_state
 from sati.search.study import ENV as STUDY_ENV
-from sati.search.study import mask_password, rdb_storage, seeded_memory_storage, study_storage_url
+from sati.search.study import (
+    mask_password,
+    rdb_storage,
+    resumed_study_url,
+    seeded_memory_storage,
+    shown_pipeline,
+    study_storage_url,
+)
+from sati.search.target import SearchTarget, open_search
 from sati.tracking import contract, leaderboard
 from sati.tracking.leaderboard import runs_table_link, ui_address
 from sati.tracking.searches import TrialRuns, find_search, log_learning_curves, log_search_summary, start_search_run
@@ -78,7 +88,8 @@ def run_search(
         info, commit = read_info(cfg.data.path), git_commit()
         name = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"  # unique: names the study too
         search_dir = storage.join(cfg.search.storage_path, name)
-        shown = _shown(cfg)
+        shown = shown_pipeline(cfg)
+        study = (study_storage_url(cfg, store.uri), name)
         parent = start_search_run(
             store,
             cfg.tracking.experiment,
@@ -95,10 +106,11 @@ def run_search(
             versions=versions(),
             pipeline_files=pipeline_files,
         )
-        state = {
+        state = {  # no password: the resume takes the tracking URI and the study URL from the user again
             "parent_run_id": parent,
-            "tracking_uri": store.uri,
-            "pipeline": cfg.to_dict(),
+            "tracking_uri": mask_password(store.uri),
+            "pipeline": shown,
+            "study_storage": mask_password(study[0]) if study[0] else None,
             "name": name,
             "space_sha256": file_sha256(Path(cfg.search.space)),
             "experiments": [name],  # Tune experiments of this search: the first, then one per --extend
@@ -106,8 +118,8 @@ def run_search(
             "pipeline_files": list(pipeline_files),
         }
         write_search_state(search_dir, state)
-        console(f"search {name}: MLflow parent run {parent} in experiment '{cfg.tracking.experiment}' at {store.uri}")
-        study = (study_storage_url(cfg, store.uri), name)
+        shown_uri = mask_password(store.uri)
+        console(f"search {name}: MLflow parent run {parent} in experiment '{cfg.tracking.experiment}' at {shown_uri}")
         _announce(cfg, store, parent, study, console)
 
         def make_tuner():
@@ -119,35 +131,48 @@ def run_search(
         return _fit(cfg, space, store, parent, search_dir, state, console, make_tuner)
 
 
-def _load(target: str, tracking_uri: str | None) -> tuple[TrackingStore, str, str, dict]:
-    """(store, parent run id, search dir, state) of the search ``target`` names: its directory or run id."""
-    if (search_dir := as_search_dir(target)) is not None:
-        state = read_search_state(search_dir)
-        return TrackingStore.open(state["tracking_uri"]), state["parent_run_id"], search_dir, state
-    store = TrackingStore.open(tracking_uri)
-    run = find_search(store, target)
-    search_dir = run.tags[contract.SEARCH_DIR]
-    return store, target, search_dir, read_search_state(search_dir)
+def _resumed(target: SearchTarget, overrides: dict, allowed: set[str], verb: str) -> tuple[PipelineConfig, str | None]:
+    """The pipeline a resumed or extended search runs (its own, ``overrides`` of ``allowed`` keys applied)
+    and its study URL (``resumed_study_url``: given again, with its password, when it has one)."""
+    state, name = target.state, target.state["name"]
+    changed = sorted(k for k in overrides if k not in allowed)
+    if changed:
+        raise ConfigError(
+            f"{verb} goes on with search {name}'s own pipeline: only {', '.join(sorted(allowed))} may be set; "
+            f"{', '.join(changed)} cannot change (start a new search for that)"
+        )
+    given = overrides.get("search.study_storage") or os.environ.get(STUDY_ENV) or None
+    url = resumed_study_url(state.get("study_storage"), given, name)
+    cfg = from_dict(state["pipeline"], f"{target.search_dir}/{STATE_FILE}")
+    settings = {k: v for k, v in overrides.items() if k != "search.study_storage"}
+    return cfg.replace({**settings, "search.study_storage": url}, source=f"{verb} --set"), url
 
 
 def resume_search(
-    target: str, tracking_uri: str | None = None, console: Callable[[str], None] = print
+    target: str,
+    tracking_uri: str | None = None,
+    console: Callable[[str], None] = print,
+    overrides: dict | None = None,
 ) -> SearchOutcome:
-    """Continue an interrupted search (or its interrupted extension) from its directory or parent run id."""
-    store, parent, search_dir, state = _load(target, tracking_uri)
-    cfg = from_dict(state["pipeline"], f"{search_dir}/{STATE_FILE}")
+    """Continue an interrupted search (or its interrupted extension) from its directory or parent run id.
+    Everything is checked before Ray starts: where it is (``open_search``), every pickle and state file
+    of the experiment it restores (their MACs), and the study storage."""
+    found = open_search(target, tracking_uri, find_search)
+    store, parent, search_dir, state = found.store, found.parent_run_id, found.search_dir, found.state
+    experiment = found.experiments[-1]
+    verify_experiment(found.storage_path, experiment)
+    cfg, study_url = _resumed(found, overrides or {}, {"search.study_storage"}, "--resume")
     space = load_space(cfg.search.space, cfg)
-    experiments = state.get("experiments", [state["name"]])
+    rdb_storage(study_url)  # Tune's pickled searcher reconnects to it (its URL was pickled without the password)
     with ray_session(cfg.search.ray_address):
         run_preflight(cfg, embedded=not cfg.search.ray_address, console=console)
         store.reopen_run(parent)
         console(f"resuming search {state['name']} (MLflow parent run {parent}) from {search_dir}")
-        tune_dir = storage.join(cfg.search.storage_path, experiments[-1])
 
         def make_tuner():
             from sati.search.tuner import restore_search_tuner
 
-            return restore_search_tuner(tune_dir, cfg)
+            return restore_search_tuner(found.storage_path, experiment, cfg)
 
         return _fit(cfg, space, store, parent, search_dir, state, console, make_tuner)
 
@@ -160,17 +185,15 @@ def extend_search(
 ) -> SearchOutcome:
     """Add ``search.num_samples`` trials to a finished or interrupted search: the same pipeline and space,
     the same Optuna study (TPE goes on from what it learned), the same MLflow parent run."""
-    store, parent, search_dir, state = _load(target, tracking_uri)
-    cfg = from_dict(state["pipeline"], f"{search_dir}/{STATE_FILE}")
-    allowed = {"search.num_samples", "search.max_concurrent"}
-    changed = sorted(k for k in overrides if k not in allowed)
-    if changed or "search.num_samples" not in overrides:
+    found = open_search(target, tracking_uri, find_search)
+    store, parent, search_dir, state = found.store, found.parent_run_id, found.search_dir, found.state
+    allowed = {"search.num_samples", "search.max_concurrent", "search.study_storage"}
+    cfg, study_url = _resumed(found, overrides, allowed, "--extend")
+    if "search.num_samples" not in overrides:
         raise ConfigError(
             f"--extend adds trials to search {state['name']} with its own pipeline: set search.num_samples "
-            f"(and optionally search.max_concurrent) only"
-            + (f"; {', '.join(changed)} cannot change (start a new search for that)" if changed else "")
+            f"(and optionally search.max_concurrent)"
         )
-    cfg = cfg.replace(overrides, source="--extend --set")
     if Path(cfg.search.space).is_file() and file_sha256(Path(cfg.search.space)) != state.get("space_sha256"):
         raise ConfigError(
             f"search.space = {cfg.search.space} changed since search {state['name']} ran (its sha256 differs): "
@@ -178,7 +201,7 @@ def extend_search(
         )
     space = load_space(cfg.search.space, cfg)
     done = len(store.child_runs(parent, f"tags.`{contract.ROLE}` = '{contract.Role.TRIAL.value}'"))
-    experiments = state.get("experiments", [state["name"]])
+    experiments = found.experiments
     name = f"{state['name']}-extend{len(experiments)}"
     with ray_session(cfg.search.ray_address):
         run_preflight(cfg, embedded=not cfg.search.ray_address, console=console)
@@ -190,7 +213,7 @@ def extend_search(
         write_search_state(search_dir, state)
         store.reopen_run(parent)
         console(f"extending search {state['name']} (MLflow parent run {parent}) by {cfg.search.num_samples} trials")
-        study = (study_storage_url(cfg, store.uri), state["name"])
+        study = (study_url, state["name"])
         _announce(cfg, store, parent, study, console)
         info = store.run(parent)
         storage = _extended_study(cfg, space, store, parent, study, console)
@@ -229,20 +252,12 @@ def _extended_study(cfg: PipelineConfig, space: SearchSpace, store: TrackingStor
     return storage
 
 
-def _shown(cfg: PipelineConfig) -> dict:
-    """The pipeline as MLflow shows it: a study storage's password masked."""
-    shown = cfg.to_dict()
-    if cfg.search.study_storage:
-        shown["search"]["study_storage"] = mask_password(cfg.search.study_storage)
-    return shown
-
-
 def _announce(cfg: PipelineConfig, store: TrackingStore, parent: str, study: tuple[str | None, str], console) -> None:
     """Where to watch the search: the MLflow runs table sorted by the metric, the live Optuna dashboard."""
     experiment = store.run(parent).experiment_id
     store.client.set_experiment_tag(experiment, contract.EXPERIMENT_KIND, contract.MODEL_TRAINING_KIND)
     metric, mode = cfg.train.selection_metric, cfg.train.selection_direction
-    link = runs_table_link(ui_address(store.uri), experiment, parent, metric, mode)
+    link = runs_table_link(ui_address(mask_password(store.uri)), experiment, parent, metric, mode)
     console(f"runs, best first: {link}")
     if study[0] is None:
         console(
@@ -294,7 +309,7 @@ def _finish(cfg, space, store: TrackingStore, parent, search_dir, state, console
     console(
         f"\nsearch directory: {search_dir}\nMLflow parent run: {parent}\n"
         f"cost: {cost['cost/cpu_hours']:.3g} CPU-hours, {cost['cost/gpu_hours']:.3g} GPU-hours\n"
-        f"see it with: mlflow ui --backend-store-uri {store.uri}"
+        f"see it with: mlflow ui --backend-store-uri {mask_password(store.uri)}"
     )
     return SearchOutcome(parent, store.uri, search_dir, rows, best)
 

@@ -1,6 +1,8 @@
 """The Tuners: a search (Optuna + a scheduler over the YAML space), a retraining grid (configurations
 × seeds), and restoring an interrupted search. Tune and Optuna see ``best/<train.selection_metric>``,
-the trial's best-so-far validation value, which is comparable at every rung."""
+the trial's best-so-far validation value, which is comparable at every rung. Every Tuner reads and
+writes its storage through ``sati.search.signed_storage``: what it pickles there is signed, and a
+restore loads nothing unsigned."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ from typing import Any
 from ray import tune
 
 from sati import storage
-from sati.config import PipelineConfig
+from sati.config import PipelineConfig, from_dict
 from sati.search.callbacks import TrackingCallback
+from sati.search.signed_storage import signed_filesystem
 from sati.search.space import SearchSpace
 from sati.search.strategy import build_scheduler, build_searcher, tune_metric
 from sati.search.trainable import TrialResolver, train_trial
@@ -34,6 +37,7 @@ def _run_config(
     s, metric = cfg.search, cfg.train.selection_metric
     experiment_uri = storage.join(storage_path, name)
     board = LiveBoard(runs.store, runs.parent, metric, cfg.train.selection_direction, parameter_columns)
+    fs, fs_path = signed_filesystem(storage_path)
     table = tune.CLIReporter(
         metric_columns={"epoch": "epoch", tune_metric(cfg): f"best {metric}"},
         parameter_columns=parameter_columns,
@@ -42,7 +46,8 @@ def _run_config(
     )
     return tune.RunConfig(
         name=name,
-        storage_path=storage_path,
+        storage_path=fs_path,
+        storage_filesystem=fs,
         callbacks=[TrackingCallback(runs, resolve, board, experiment_uri, s.log_checkpoints, first_number)],
         progress_reporter=table,
         failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False),
@@ -77,13 +82,14 @@ def build_search_tuner(
     # an extension draws other random points than the search did (the same seed would repeat them)
     seed = derive_seed(cfg.seed, "extend", name) if extend else cfg.seed
     resolve = SampledPipelines(cfg.to_dict())
+    trial_cfg = from_dict(resolve.base, "search pipeline")  # no study URL: Tune pickles the searcher
     return tune.Tuner(
         _trainable(resolve, cfg),
         tune_config=tune.TuneConfig(
             metric=tune_metric(cfg),
             mode=cfg.train.selection_direction,
             num_samples=s.num_samples,
-            search_alg=build_searcher(cfg, space, seed, [first] if first else None, study),
+            search_alg=build_searcher(trial_cfg, space, seed, [first] if first else None, study),
             scheduler=build_scheduler(cfg),
             time_budget_s=s.time_budget_s,
             reuse_actors=s.reuse_actors,
@@ -112,14 +118,24 @@ def build_retrain_tuner(
     )
 
 
-def restore_search_tuner(search_dir: str, cfg: PipelineConfig) -> tune.Tuner:
-    """The interrupted search in ``search_dir``: finished trials kept, unfinished ones resumed."""
-    if not tune.Tuner.can_restore(search_dir):
-        raise ValueError(f"{search_dir}: no restorable Ray Tune experiment state here")
+def restore_tuner(storage_path: str, name: str, trainable, resume_errored: bool) -> tune.Tuner:
+    """The interrupted Tune experiment ``<storage_path>/<name>``: finished trials kept, unfinished ones
+    resumed (and failed ones too with ``resume_errored``). Tune reads every pickle and state file in it
+    through their MAC check (callers check them all with ``verify_experiment`` before Ray starts)."""
+    fs, fs_path = signed_filesystem(storage_path)
+    path = f"{fs_path.rstrip('/')}/{name}"
+    if not tune.Tuner.can_restore(path, storage_filesystem=fs):
+        raise ValueError(f"{storage.join(storage_path, name)}: no restorable Ray Tune experiment state here")
     return tune.Tuner.restore(
-        search_dir,
-        trainable=_trainable(SampledPipelines(cfg.to_dict()), cfg),
+        path,
+        trainable=trainable,
+        storage_filesystem=fs,
         resume_unfinished=True,
-        resume_errored=False,
+        resume_errored=resume_errored,
         restart_errored=False,
     )
+
+
+def restore_search_tuner(storage_path: str, name: str, cfg: PipelineConfig) -> tune.Tuner:
+    """The interrupted search experiment ``<storage_path>/<name>`` (``restore_tuner``)."""
+    return restore_tuner(storage_path, name, _trainable(SampledPipelines(cfg.to_dict()), cfg), resume_errored=False)
