@@ -125,7 +125,8 @@ class SafeH5:
         except (OSError, ValueError) as err:
             raise DataError(f"{self.path}: '{where}' could not be read ({err})") from None
         if finite and data.size and not (np.isfinite(data.min()) and np.isfinite(data.max())):
-            raise DataError(f"{self.path}: '{where}' has NaN or infinite values")
+            row = int(np.argwhere(~np.isfinite(data))[0][0])
+            raise DataError(f"{self.path}: '{where}' has NaN or infinite values (the first in row {row})")
         return data
 
     def strings(self, group: h5py.Group, key: str, ndim: int | tuple[int, ...] = 1) -> np.ndarray:

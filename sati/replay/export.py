@@ -109,7 +109,11 @@ def _experiment_trials(experiment_dir: str) -> list[dict[str, Any]]:
     its last result and its reports (``result.json``)."""
     fs, root = storage.filesystem(experiment_dir)
     entries = fs.get_file_info(pyarrow.fs.FileSelector(root))
-    states = sorted(e.path for e in entries if posixpath.basename(e.path).startswith("experiment_state-"))
+    states = sorted(
+        e.path
+        for e in entries
+        if posixpath.basename(e.path).startswith("experiment_state-") and e.path.endswith(".json")  # not .mac
+    )
     if not states:
         raise TrackingError(f"{experiment_dir}: no Ray Tune experiment state (experiment_state-*.json) here")
     dirs = [e.path for e in entries if e.type == pyarrow.fs.FileType.Directory]
