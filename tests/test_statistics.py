@@ -1,11 +1,11 @@
 """``sati.statistics``: the resampled metrics against ``sati.metrics``, the VC-t and Holm arithmetic by hand,
 the cells that have no test, and the calibration of the whole table on simulated runs.
 
-Calibration (``test_the_table_marks_no_more_than_alpha_under_no_difference``): tables simulated with
-the model of the implementation notes (a MOSI-like test set of 686 items on the 1/3 label grid, 5
-variants × 5 seeds, errors with an item difficulty shared by every run, a seed quality factor and run
-noise), run through ``compare_table`` exactly as ``sati reproduce`` runs it (with fewer bootstrap
-replicates). Run with ``-s`` to see the rates and the power it prints.
+Calibration (``test_the_table_marks_no_more_than_alpha_under_no_difference``): tables simulated by
+``sati.testing.ablation_tables`` (a MOSI-like test set of 686 items, 5 variants × 3 or 5 seeds, an item
+difficulty shared by every run, a seed quality factor and run noise), run through ``compare_table``
+exactly as ``sati reproduce`` runs it (with fewer bootstrap replicates). Run with ``-s`` to see the
+rates and the power it prints.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sati.statistics import (
     vc_t,
     weighted_metrics,
 )
+from sati.testing.ablation_tables import SEED_SD_SCALE, simulate_table
 
 # --------------------------------------------------------------------------------------------
 # The fast path is sati.metrics
@@ -166,23 +167,6 @@ def test_identical_undefined_and_unpaired_cells():
 # Calibration on simulated tables
 
 
-def simulate_table(rng, n=686, variants=5, seeds=5, sigma_k=0.03, rho_c=0.6, rho_h=0.0, scale=None):
-    """One table of the implementation notes' simulation model: labels on MOSI's 1/3 grid (about 9 %
-    zeros) and p[v, s, i] = y_i + scale_v·(1 + k_vs)·(c_i + h_vi + z_vsi), with c ~ N(0, ρ_c) an item
-    difficulty shared by every run, h ~ N(0, ρ_h) a variant's item profile, z ~ N(0, 1 − ρ_c − ρ_h) run
-    noise and k ~ N(0, σ_k²) the seed's quality (σ_k = 0.03 gives a seed sd of about 0.03 MAE).
-    Returns (variant → seed → [n] predictions, [n] labels); the first variant is ``full``."""
-    labels = np.clip(np.round(3 * rng.normal(0, 1.4, n)) / 3, -3, 3)
-    c = rng.normal(0, math.sqrt(rho_c), n)
-    h = rng.normal(0, math.sqrt(rho_h), (variants, 1, n))
-    z = rng.normal(0, math.sqrt(1 - rho_c - rho_h), (variants, seeds, n))
-    k = rng.normal(0, sigma_k, (variants, seeds, 1))
-    scale = np.ones(variants) if scale is None else np.asarray(scale)
-    preds = labels + scale[:, None, None] * (1 + k) * (c + h + z)
-    names = ["full"] + [f"v{j}" for j in range(1, variants)]
-    return {name: dict(enumerate(preds[j])) for j, name in enumerate(names)}, labels
-
-
 TABLES = 500  # Monte Carlo SE of a 5 % rate ≈ 1 point; accept up to 5 % + 1.645 SE = 6.6 %
 POWER_TABLES = 300
 RESAMPLES = 200  # enough for VC-t's variance terms (the reproduction uses 10,000)
@@ -217,7 +201,7 @@ def test_the_table_marks_no_more_than_alpha_under_no_difference(seeds):
 
 def test_the_power_at_one_seed_sd_is_reported():
     """One variant's errors 3.75 % larger (MAE +0.03 ≈ 1 sd of seed noise): how often it is marked."""
-    tables = _simulate(POWER_TABLES, scale=[1, 1.0375, 1, 1, 1], seed=7)
+    tables = _simulate(POWER_TABLES, scale=[1, SEED_SD_SCALE, 1, 1, 1], seed=7)
     cells = [t.cell("v1", "mae") for t in tables]
     holm_rate = np.mean([c.marked for c in cells])
     raw_rate = np.mean([c.p_value < 0.05 for c in cells])
