@@ -1,7 +1,8 @@
 """Tables for people: dict rows as Markdown or CSV, and the paper's results table (Markdown, LaTeX).
 
 The paper table has one row per label (a condition such as ``noise σ=0.5``, or a variant such as
-``no_til``) and the paper's columns; with several runs per row each cell is mean ± sample std.
+``no_til``) and the paper's columns; with several runs per row each cell is mean ± sample std. A metric
+undefined for some run is ``n/a (k/S runs)``: never a mean over the others.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def _cells(runs: list[dict[str, float]], split: str, latex: bool, marks: dict[st
     cells = []
     for _, key, scale in PAPER_COLUMNS:
         values = scale * np.array([r[f"{split}/{key}"] for r in runs])
+        undefined = int((~np.isfinite(values)).sum())  # e.g. Pearson r of a constant prediction
+        if undefined:
+            cells.append(f"n/a ({undefined}/{len(values)} runs)" if len(values) > 1 else "n/a")
+            continue
         digits = 3 if scale == 1 else 2
         cell = f"{values.mean():.{digits}f}"
         if len(values) > 1:

@@ -22,6 +22,7 @@ from sati.metrics import regression_metrics
 from sati.predictor import SATIPredictor, arrays_to_frame, export_text_encoder, frame_to_arrays, seven_class
 from sati.promote import gate as gate_evidence
 from sati.selection import better, pessimistic_score, rank_trials
+from sati.tables import paper_markdown
 from sati.tracking.contract import Evidence
 from sati.tracking.store import RunInfo
 from sati.trainer import fit
@@ -106,6 +107,16 @@ def test_conditions_perturb_only_what_they_name(synth_path):
         conditions([], ["speech"])
     with pytest.raises(ValueError, match="--noise 0.0"):
         conditions([0.0], [])
+
+
+def test_an_undefined_metric_is_n_a_in_the_table_never_a_mean_of_the_rest():
+    defined = regression_metrics(np.array([0.5, -1.0, 2.0]), np.array([1.0, -1.0, 2.0]), "test")
+    constant = regression_metrics(np.full(3, 0.5), np.array([1.0, -1.0, 2.0]), "test")  # Pearson r undefined
+    md = paper_markdown({"dropped text": [defined, constant]}, "test")
+    mae, corr = [cell.strip() for cell in md.splitlines()[2].split("|")[2:4]]
+    assert corr == "n/a (1/2 runs)" and "nan" not in md
+    maes = [defined["test/mae"], constant["test/mae"]]
+    assert mae == f"{np.mean(maes):.3f} ± {np.std(maes, ddof=1):.3f}"  # defined metrics stay mean ± sd
 
 
 def test_several_models_give_mean_and_std(trained, synth_path):
