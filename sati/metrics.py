@@ -50,8 +50,9 @@ def regression_metrics(pred: np.ndarray, label: np.ndarray, prefix: str = "") ->
     if pred.shape != label.shape or len(pred) == 0:
         raise ValueError(f"need equal, non-empty prediction and label arrays, got {pred.shape} and {label.shape}")
     nz = label != 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = float(np.corrcoef(pred, label)[0, 1]) if len(pred) > 1 else float("nan")
+    corr = float("nan")  # undefined for a constant prediction or label (whatever round-off np.corrcoef leaves)
+    if np.ptp(pred) > 0 and np.ptp(label) > 0:
+        corr = float(np.corrcoef(pred, label)[0, 1])
     values = {
         "mae": float(np.mean(np.abs(pred - label))),
         "corr": corr,

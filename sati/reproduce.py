@@ -11,13 +11,16 @@ reproduction; ``sati.search.reproduction``):
 
 Each trial selects its checkpoint on the validation split (``train.selection_metric``); that checkpoint
 is then evaluated once on the test split: clean, with Gaussian noise of each ``--noise`` σ on audio and
-video (Table III), and with each modality dropped. The tables (Markdown and LaTeX, mean ± std over
-seeds), the paired per-seed differences of every variant against ``full`` with a bootstrap interval and
-a Wilcoxon p-value (``sati.statistics``), and a dot plot of the seeds go to a local folder and to the
-reproduction's run; each trial's test metrics go to its own run.
+video (Table III), and with each modality dropped. Each trial's per-sample test predictions
+(``predictions/test.csv``) and test metrics go to its own run; the tables (Markdown and LaTeX, mean ±
+std over seeds, each with a footnote), the differences of every variant against ``full`` on every
+column (``sati.statistics.compare_table``: a 95 % interval carrying seed and test-set variability,
+P(improvement) and Holm's correction over the table), and a dot plot of the seeds go to a local folder
+and to the reproduction's run (``sati.reproduce_report``). A resumed reproduction reads the predictions
+already stored instead of evaluating those checkpoints again.
 
-Seeds: the configuration's own seed first, then seeds derived from it, so with ``--seeds N`` the
-``full`` trial of the first seed trains exactly what the source configuration trained.
+Seeds: ``--seeds N`` seeds derived from the configuration's own seed, never that seed itself: the
+source's hyperparameters were chosen on a run of it, which would favour ``full``.
 """
 
 from __future__ import annotations
@@ -35,13 +38,13 @@ import numpy as np
 
 from sati.config import ConfigError, PipelineConfig, flatten, from_dict, load_pipeline, parse_overrides
 from sati.data.h5format import SplitArrays
-from sati.evaluation import Condition, conditions, evaluate_models, perturb, summarize
+from sati.evaluation import Condition, conditions, perturb, summarize
+from sati.metrics import regression_metrics
+from sati.reproduce_report import REFERENCE, SPLIT, TABLES, Predictions, Results, TestSet, build_report, description
 from sati.seeding import derive_seed
-from sati.statistics import ALPHA, RESAMPLES, compare, smallest_p
-from sati.tables import paper_latex, paper_markdown, rows_csv, rows_markdown
+from sati.statistics import RESAMPLES
 from sati.tracking.store import RunInfo, TrackingError, TrackingStore
 
-REFERENCE = "full"
 _ALL_ON = {"ablation.til": True, "ablation.gate": True, "ablation.adversarial": True, "ablation.text_only": False}
 VARIANTS: dict[str, dict[str, Any]] = {  # name → config overrides; every variant sets all four switches
     "full": _ALL_ON,
@@ -51,9 +54,6 @@ VARIANTS: dict[str, dict[str, Any]] = {  # name → config overrides; every vari
     "text_only": {**_ALL_ON, "ablation.text_only": True},
 }
 DROPPED = ("text", "audio", "video")  # Table III drops each modality in turn
-COMPARED = (("MAE", "mae", 1), ("Corr", "corr", 1), ("Acc-2 has0", "acc2_has0", 100))
-COMPARED += (("Acc-2 non0", "acc2_non0", 100), ("Acc-7", "acc7", 100))  # (title, metric, scale): % points
-SPLIT = "test"
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -89,7 +89,7 @@ def parse_request(variants: str | None, seeds: int, noise: list[float] | None) -
             f"expected a comma-separated subset of {', '.join(VARIANTS)}"
         )
     if seeds < 1:
-        raise ReproductionError(f"--seeds {seeds}: need at least 1 seed (5 for the paper's tables, 6+ for p < 0.05)")
+        raise ReproductionError(f"--seeds {seeds}: need at least 1 seed (2+ for a test, 5 for the paper's tables)")
     noise = [0.5] if noise is None else noise
     for sigma in noise:
         if not sigma >= 0:
@@ -100,8 +100,16 @@ def parse_request(variants: str | None, seeds: int, noise: list[float] | None) -
 
 
 def reproduction_seeds(base: int, n: int) -> list[int]:
-    """The configuration's own seed, then ``n - 1`` seeds derived from it."""
-    return [base] + [derive_seed(base, "reproduce", j) for j in range(1, n)]
+    """``n`` distinct seeds derived from the configuration's own seed ``base``, none equal to it: the
+    source's hyperparameters were chosen on a run of that seed, so a run on it would favour ``full``."""
+    seeds: list[int] = []
+    j = 0
+    while len(seeds) < n:
+        j += 1
+        seed = derive_seed(base, "reproduce", j)
+        if seed != base and seed not in seeds:
+            seeds.append(seed)
+    return seeds
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,7 +193,9 @@ class ReproductionOutcome:
     tracking_uri: str
     out_dir: Path
     texts: dict[str, str]  # file name → table text
-    results: dict[str, dict[int, dict[Condition, dict[str, float]]]]  # variant → seed → condition → metrics
+    results: Results  # variant → seed → condition → metrics
+    predictions: Predictions  # variant → seed → condition → [n] test predictions
+    labels: np.ndarray  # [n] test labels
     missing: list[tuple[str, int]] = field(default_factory=list)  # (variant, seed) without a finished run
 
 
@@ -333,8 +343,8 @@ def finish_reproduction(
     out_dir: Path,
     console: Callable[[str], None] = print,
 ) -> ReproductionOutcome:
-    """Evaluate every finished trial's checkpoint on test, then write and log the tables, the paired
-    differences, the plot and the description."""
+    """Evaluate every finished trial's checkpoint on test (or read the predictions an earlier attempt
+    stored on its run), then write and log the tables, the differences, the plot and the description."""
     from sati.data.h5format import read_info, read_split
     from sati.search.study import mask_password
     from sati.tracking.reproductions import log_reproduction_summary, log_test_metrics, variant_runs
@@ -346,18 +356,20 @@ def finish_reproduction(
     console(
         f"evaluating {len(expected) - len(missing)} checkpoint(s) on {cfg.data.path} ({SPLIT}, {len(arrays)} samples)"
     )
-    results: dict[str, dict[int, dict[Condition, dict[str, float]]]] = {v: {} for v in request.variants}
+    results: Results = {v: {} for v in request.variants}
+    predictions: Predictions = {v: {} for v in request.variants}
     for variant, seed in expected:
         if (variant, seed) not in runs:
             continue
         run = runs[(variant, seed)]
-        by_condition = _evaluate_run(store, run, arrays, request.conditions)
-        log_test_metrics(store, run.run_id, summarize({c: [m] for c, m in by_condition.items()}, SPLIT))
-        results[variant][seed] = by_condition
+        by_condition = predict_test_split(store, run, arrays, request.conditions)
+        metrics = {c: regression_metrics(p, arrays.labels, SPLIT) for c, p in by_condition.items()}
+        log_test_metrics(store, run.run_id, summarize({c: [m] for c, m in metrics.items()}, SPLIT))
+        results[variant][seed], predictions[variant][seed] = metrics, by_condition
 
-    data_name = read_info(cfg.data.path).name
-    report = build_report(results, request, seeds, f"{data_name} {SPLIT} ({len(arrays)} samples)", cfg.seed)
-    note = description(cfg.name, report, request, seeds, missing)
+    test_set = TestSet(f"{read_info(cfg.data.path).name} {SPLIT}", len(arrays))
+    report = build_report(results, predictions, arrays.labels, request.conditions, test_set, cfg.seed, RESAMPLES)
+    note = description(cfg.name, report, request.variants, seeds, missing)
     out_dir.mkdir(parents=True, exist_ok=True)
     for file, text in report.texts.items():
         (out_dir / file).write_text(text)
@@ -376,29 +388,50 @@ def finish_reproduction(
     if missing:
         console(f"note: no finished run for {', '.join(f'{v} seed {s}' for v, s in missing)}; left out of the tables")
     console(f"tables: {out_dir}/\nMLflow run: {parent} at {mask_password(store.uri)}")
-    return ReproductionOutcome(parent, store.uri, out_dir, report.texts, results, missing)
+    return ReproductionOutcome(parent, store.uri, out_dir, report.texts, results, predictions, arrays.labels, missing)
 
 
-def _evaluate_run(
+def _column(cond: Condition) -> str:
+    """A condition's column in ``predictions/test.csv``."""
+    return cond.key or "clean"
+
+
+def predict_test_split(
     store: TrackingStore, run: RunInfo, arrays: SplitArrays, conds: list[Condition]
-) -> dict[Condition, dict[str, float]]:
-    """One trial's best checkpoint (chosen on validation) under every test condition. A condition that
-    leaves the input as it was (dropping a modality the data lacks: zeros, marked absent already) reuses those
-    metrics."""
+) -> dict[Condition, np.ndarray]:
+    """One trial's best checkpoint (chosen on validation) under every test condition: [n] float64 per
+    condition, logged on its run (``predictions/test.csv``). Predictions already stored there for these
+    samples, labels and conditions (an earlier, interrupted evaluation) are read instead. A condition that
+    leaves the input as it was (dropping a modality the data lacks: zeros, marked absent already) reuses
+    the predictions."""
+    import pandas as pd
+
     from sati.predictor import SATIPredictor
+    from sati.tracking.reproductions import log_test_predictions, read_test_predictions
     from sati.tracking.searches import download_checkpoint
 
+    labels = np.asarray(arrays.labels, dtype=np.float64)
+    stored = read_test_predictions(store, run.run_id)
+    if (
+        stored is not None
+        and {_column(c) for c in conds} <= set(stored.columns)
+        and stored["id"].tolist() == [str(i) for i in arrays.ids]
+        and np.array_equal(stored["label"].to_numpy(), labels)
+    ):
+        return {c: stored[_column(c)].to_numpy() for c in conds}
     with tempfile.TemporaryDirectory(prefix="sati-reproduce-") as tmp:
         predictor = SATIPredictor(download_checkpoint(store, run.run_id, tmp))
-    out: dict[Condition, dict[str, float]] = {}
-    seen: list[tuple[SplitArrays, dict[str, float]]] = []
+    out: dict[Condition, np.ndarray] = {}
+    seen: list[tuple[SplitArrays, np.ndarray]] = []
     for cond in conds:
         view = perturb(arrays, cond)
-        metrics = next((m for other, m in seen if _same_input(other, view)), None)
-        if metrics is None:
-            metrics = evaluate_models([predictor], arrays, SPLIT, [cond])[cond][0]
-            seen.append((view, metrics))
-        out[cond] = metrics
+        pred = next((p for other, p in seen if _same_input(other, view)), None)
+        if pred is None:
+            pred = np.asarray(predictor.predict_arrays(view), dtype=np.float64)
+            seen.append((view, pred))
+        out[cond] = pred
+    frame = pd.DataFrame({"id": [str(i) for i in arrays.ids], "label": labels} | {_column(c): out[c] for c in conds})
+    log_test_predictions(store, run.run_id, frame)
     return out
 
 
@@ -413,154 +446,3 @@ def _same_input(a: SplitArrays, b: SplitArrays) -> bool:
         and same(a.text_features, b.text_features)
         and same(a.present, b.present)
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Tables, differences, plot, description
-
-TABLES = {  # file (Markdown; a .tex twin beside it) → title
-    "table1.md": "Table I: SATI and the text-only baseline (test, clean)",
-    "table2.md": "Table II: ablations (test, clean)",
-    "table3.md": "Table III: robustness (test; Gaussian noise on audio and video, each modality dropped)",
-    "differences.md": "Paired differences against full (test, clean)",
-}
-
-
-@dataclass
-class Report:
-    texts: dict[str, str]  # file name → Markdown, LaTeX or CSV
-    metrics: dict[str, float]  # ``<variant>/test/<metric>`` (mean over seeds) and ``…_std``
-    figure: Any  # the seeds dot plot (matplotlib)
-    rows: list[dict[str, Any]]  # the paired differences, raw numbers
-
-
-def _per_seed(results, variant: str, cond: Condition) -> list[dict[str, float]]:
-    return [by_cond[cond] for _, by_cond in sorted(results[variant].items())]
-
-
-def build_report(results, request: Request, seeds: list[int], caption: str, bootstrap_seed: int) -> Report:
-    """Tables I–III (Markdown and LaTeX, mean ± std over seeds), the paired differences and the plot."""
-    clean = request.conditions[0]
-    present = [v for v in request.variants if results.get(v)]
-    n = len(seeds)
-    tables = {
-        "table1": {v: _per_seed(results, v, clean) for v in (REFERENCE, "text_only") if v in present},
-        "table2": {v: _per_seed(results, v, clean) for v in present},
-        "table3": {f"{v}, {c.label}": _per_seed(results, v, c) for v in present for c in request.conditions},
-    }
-    first = {"table1": "model", "table2": "variant", "table3": "variant, condition"}
-    texts = {}
-    for key, rows in tables.items():
-        title = TABLES[f"{key}.md"]
-        texts[f"{key}.md"] = paper_markdown(rows, SPLIT, first[key]) if rows else "(no finished runs)\n"
-        if rows:
-            texts[f"{key}.tex"] = paper_latex(rows, SPLIT, f"{title}, {caption}, mean ± std over {n} seeds", first[key])
-    rows = differences(results, present, clean, bootstrap_seed)
-    texts["differences.md"] = differences_markdown(rows)
-    texts["differences.csv"] = rows_csv(rows) if rows else ""
-    metrics = {}
-    for v in present:
-        by_cond = {c: _per_seed(results, v, c) for c in request.conditions}
-        metrics |= {f"{v}/{k}": value for k, value in summarize(by_cond, SPLIT).items()}
-    return Report(texts, metrics, seeds_plot(results, present, clean), rows)
-
-
-def differences(results, variants: list[str], clean: Condition, bootstrap_seed: int) -> list[dict[str, Any]]:
-    """Every variant against ``full``, per compared metric, paired by seed (``sati.statistics.compare``)."""
-    if REFERENCE not in variants:
-        return []
-    rows = []
-    for v in variants:
-        if v == REFERENCE:
-            continue
-        for title, key, scale in COMPARED:
-            values = {s: m[clean][f"{SPLIT}/{key}"] for s, m in results[v].items()}
-            ref = {s: m[clean][f"{SPLIT}/{key}"] for s, m in results[REFERENCE].items()}
-            c = compare(values, ref, seed=derive_seed(bootstrap_seed, v, key))
-            mark = "*" if c.significant else ("†" if c.interval_excludes_zero else "")
-            rows.append(
-                {
-                    "variant": v,
-                    "metric": title,
-                    "n": c.n,
-                    "difference": c.mean_difference * scale,
-                    "ci_low": c.ci_low * scale,
-                    "ci_high": c.ci_high * scale,
-                    "p": c.p_value,
-                    "significant": mark,
-                }
-            )
-    return rows
-
-
-def differences_markdown(rows: list[dict[str, Any]]) -> str:
-    """The paired differences as a Markdown table, with what the marks and units mean."""
-    if not rows:
-        return f"(no differences: `{REFERENCE}` and at least one other variant need a finished run)\n"
-    shown = []
-    for r in rows:
-        digits = 3 if r["metric"] in ("MAE", "Corr") else 2
-        shown.append(
-            {
-                "variant": r["variant"],
-                "metric": r["metric"],
-                "seeds": r["n"],
-                "Δ (variant − full)": f"{r['difference']:+.{digits}f}",
-                "95 % CI": f"[{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}]",
-                "Wilcoxon p": f"{r['p']:.3g}",
-                "sig.": r["significant"],
-            }
-        )
-    n = min(r["n"] for r in rows)
-    return rows_markdown(shown) + (
-        f"\nΔ: mean over seed pairs of variant − full (MAE and Corr in their units, accuracies in "
-        f"percentage points; MAE is better lower, the others higher). 95 % CI: percentile bootstrap over "
-        f"seed pairs ({RESAMPLES} resamples, seeded). p: exact two-sided Wilcoxon signed-rank. "
-        f"`*` p < {ALPHA}; `†` only the bootstrap interval excludes 0 (every seed moved the same way). "
-        f"With {n} seed pair(s) the smallest possible p is {smallest_p(n):.3g}"
-        + (": no difference can reach p < 0.05 with fewer than 6 seeds.\n" if smallest_p(n) >= ALPHA else ".\n")
-    )
-
-
-def seeds_plot(results, variants: list[str], clean: Condition):
-    """One panel per compared metric: each seed's test value per variant (dots) and their mean (bar)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(COMPARED), figsize=(2.6 * len(COMPARED) + 1, 3.8), squeeze=False)
-    for ax, (title, key, scale) in zip(axes[0], COMPARED):
-        for i, v in enumerate(variants):
-            ys = np.array([scale * m[clean][f"{SPLIT}/{key}"] for _, m in sorted(results[v].items())])
-            xs = i + (np.linspace(-0.15, 0.15, len(ys)) if len(ys) > 1 else np.zeros(1))
-            ax.plot(xs, ys, "o", alpha=0.75, color=f"C{i}")
-            ax.hlines(ys.mean(), i - 0.28, i + 0.28, color="black", linewidth=1.5)
-        ax.set_xticks(range(len(variants)), variants, rotation=40, ha="right")
-        ax.set_title(title + (" (%)" if scale == 100 else ""))
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{SPLIT} metrics per seed (dots) and their mean (bar)")
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
-
-
-def description(name: str, report: Report, request: Request, seeds: list[int], missing) -> str:
-    """The reproduction run's Markdown description: what ran, the headline table, the differences."""
-    lines = [
-        f"## Reproduction of `{name}`: {len(request.variants)} variants × {len(seeds)} seeds",
-        "",
-        f"Variants: {', '.join(request.variants)}. Seeds: {', '.join(map(str, seeds))}. Each checkpoint is chosen "
-        f"on the validation split, then evaluated once on {SPLIT}.",
-        "",
-        f"### {TABLES['table1.md']}",
-        "",
-        report.texts["table1.md"],
-        f"### {TABLES['differences.md']}",
-        "",
-        report.texts["differences.md"],
-        "Tables II and III (Markdown and LaTeX) are under `tables/`; the seeds per variant in `plots/seeds.png`.",
-    ]
-    if missing:
-        lines += ["", f"Missing (no finished run): {', '.join(f'{v} seed {s}' for v, s in missing)}."]
-    return "\n".join(lines) + "\n"

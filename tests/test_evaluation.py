@@ -23,6 +23,7 @@ from sati.metrics import regression_metrics
 from sati.predictor import SATIPredictor, arrays_to_frame, export_text_encoder, frame_to_arrays, seven_class
 from sati.promote import gate as gate_evidence
 from sati.selection import better, pessimistic_score, rank_trials
+from sati.tables import paper_markdown
 from sati.tracking.contract import Evidence
 from sati.tracking.store import RunInfo
 from sati.trainer import fit
@@ -109,13 +110,25 @@ def test_conditions_perturb_only_what_they_name(synth_path):
         conditions([0.0], [])
 
 
+def test_an_undefined_metric_is_n_a_in_the_table_never_a_mean_of_the_rest():
+    defined = regression_metrics(np.array([0.5, -1.0, 2.0]), np.array([1.0, -1.0, 2.0]), "test")
+    constant = regression_metrics(np.full(3, 0.5), np.array([1.0, -1.0, 2.0]), "test")  # Pearson r undefined
+    md = paper_markdown({"dropped text": [defined, constant]}, "test")
+    mae, corr = [cell.strip() for cell in md.splitlines()[2].split("|")[2:4]]
+    assert corr == "n/a (1/2 runs)" and "nan" not in md
+    maes = [defined["test/mae"], constant["test/mae"]]
+    assert mae == f"{np.mean(maes):.3f} ± {np.std(maes, ddof=1):.3f}"  # defined metrics stay mean ± sd
+
+
 def test_several_models_give_mean_and_std(trained, synth_path):
     predictor = SATIPredictor(trained[0], device="cpu")
     s = read_split(synth_path, "test")
     results = evaluate_models([predictor, predictor], s, "test", conditions([0.3], []))
     flat = summarize(results, "test")
     assert flat["test/mae_std"] == 0.0 and "test/noise0.3/mae" in flat
-    assert flat["test/noise0.3/mae"] != flat["test/mae"]
+    # the noise row is the metrics of the model's own predictions on the noisy input, recomputed here
+    noisy = regression_metrics(predictor.predict_arrays(perturb(s, Condition(noise=0.3))), s.labels, "test/noise0.3")
+    assert {k: flat[k] for k in noisy} == noisy and flat["test/noise0.3/mae"] != flat["test/mae"]
     md = conditions_markdown(results, "test")
     assert md.count(" ± ") == 16 and "| noise σ=0.3 |" in md
     tex = conditions_latex(results, "test", "a_caption")

@@ -187,6 +187,9 @@ def test_pearson_and_mae_by_hand():
 def test_constant_prediction_has_undefined_correlation():
     m = regression_metrics(np.full(4, 0.5), np.array([1.0, -1.0, 2.0, 0.0]))
     assert math.isnan(m["corr"])
+    # a constant whose mean is not exact in floating point (np.corrcoef alone gives 8.9e-17 here)
+    assert math.isnan(regression_metrics(np.full(300, 0.7), np.linspace(-3, 3, 300))["corr"])
+    assert math.isnan(regression_metrics(np.linspace(-3, 3, 300), np.full(300, 0.7))["corr"])
     assert m["mae"] == approx((0.5 + 1.5 + 1.5 + 0.5) / 4)
 
 

@@ -1,10 +1,13 @@
-"""`sati reproduce`: the paired statistics, the text-only variant, bad input, and (slow) a 2-variant ×
-2-seed reproduction on real Ray and MLflow whose tables are checked against its child runs, then an
-exact re-run of one of those trials and the refusal of a changed data file."""
+"""`sati reproduce`: its seeds, the text-only variant, bad input, and (slow) a 2-variant × 2-seed
+reproduction on real Ray and MLflow whose tables are checked against its child runs and their stored
+test predictions, its resume, then an exact re-run of one of those trials and the refusal of a changed
+data file. The statistics themselves are in tests/test_statistics.py."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 import shutil
 
@@ -21,45 +24,19 @@ from sati.config import AblationConfig, LossConfig, ModelConfig
 from sati.data.h5format import content_checksum, list_splits, read_info, read_split, split_checksum
 from sati.losses import total_loss
 from sati.model import SATI
-from sati.statistics import bootstrap_interval, compare, paired_differences, smallest_p, wilcoxon_p
+from sati.reproduce import reproduction_seeds
 from sati.testing.pipelines import small_pipeline
 from sati.testing.processes import run_sati
 
 # --------------------------------------------------------------------------------------------
-# The statistics, by hand
+# Seeds
 
 
-def test_paired_statistics_match_a_hand_computation():
-    full = {1: 0.70, 2: 0.72, 3: 0.68, 4: 0.75, 5: 0.71}
-    variant = {1: 0.80, 2: 0.52, 3: 0.98, 4: 1.15, 5: 1.21, 9: 3.0}  # seed 9 has no partner in full
-    d = paired_differences(variant, full)
-    np.testing.assert_allclose(d, [0.1, -0.2, 0.3, 0.4, 0.5])
-
-    # |d| ranks 1..5; the one negative difference has rank 2, so W- = 2. Of the 2^5 = 32 equally likely
-    # sign patterns, 3 have a negative rank sum <= 2 ({}, {1}, {2}); both tails: p = 6/32.
-    assert wilcoxon_p(d) == pytest.approx(6 / 32)
-    # three positive differences: only the all-positive pattern (and its mirror) is as extreme: 2/8
-    assert wilcoxon_p([1.0, 2.0, 3.0]) == pytest.approx(0.25) == smallest_p(3)
-    # a zero difference is dropped before ranking: the same as the three above
-    assert wilcoxon_p([0.0, 1.0, 2.0, 3.0]) == pytest.approx(0.25)
-    assert wilcoxon_p([0.0, 0.0]) == 1.0  # nothing differs
-    # tied magnitudes get mid-ranks 1, 2.5, 2.5, 4.5, 4.5; W- = 1; patterns with a rank sum <= 1 on one
-    # side: {} and {1}, on either side: 4 of 32
-    assert wilcoxon_p([-1.0, 2.0, 2.0, 3.0, 3.0]) == pytest.approx(4 / 32)
-    # round-off in the subtraction neither breaks the tie nor makes a zero a difference
-    assert wilcoxon_p([0.3 - 0.2, 0.2 - 0.1, -(0.7 - 0.6)]) == wilcoxon_p([0.1, 0.1, -0.1])
-    assert smallest_p(5) == pytest.approx(0.0625) and smallest_p(6) < 0.05  # 6 seeds before p < 0.05 is possible
-
-    # the bootstrap of [1, 2, 3]: of the 27 equally likely resamples one has mean 1 and one mean 3 (3.7 %
-    # each, more than the 2.5 % tails), so the 95 % percentile interval is exactly [1, 3]
-    assert bootstrap_interval(np.array([1.0, 2.0, 3.0]), seed=0) == (1.0, 3.0)
-    assert bootstrap_interval(np.array([0.5, 0.5, 0.5]), seed=1) == (0.5, 0.5)
-    assert bootstrap_interval(d, seed=3) == bootstrap_interval(d, seed=3)  # seeded: repeatable
-
-    c = compare(variant, full, seed=0)
-    assert c.n == 5 and c.mean_difference == pytest.approx(0.22)
-    assert c.p_value == pytest.approx(6 / 32) and not c.significant
-    assert -0.2 <= c.ci_low < 0.22 < c.ci_high <= 0.5 and not c.interval_excludes_zero
+def test_seeds_leave_out_the_sources_own_seed():
+    seeds = reproduction_seeds(7, 5)
+    assert len(set(seeds)) == 5 and 7 not in seeds
+    assert reproduction_seeds(7, 3) == seeds[:3]  # more seeds extend the list, the first stay
+    assert reproduction_seeds(336, 1) != [336]
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,14 +249,15 @@ def test_reproduction_writes_three_tables_that_match_its_child_runs(reproduction
     assert "Table I" in parent.data.tags["mlflow.note.content"]
     logged = {a.path for a in r["client"].list_artifacts(parent.info.run_id, "tables")}
     assert {"tables/table1.md", "tables/table2.tex", "tables/table3.md", "tables/differences.md"} <= logged
+    assert {"tables/differences.tex", "tables/differences.csv", "tables/differences.json"} <= logged
     assert r["client"].list_artifacts(parent.info.run_id, "plots")[0].path == "plots/seeds.png"
     assert (tables / "seeds.png").stat().st_size > 0
 
-    # one child run per variant × seed, the seeds shared by the variants (paired), the first the pipeline's
+    # one child run per variant × seed, the seeds shared by the variants (paired), none the pipeline's own
     by = {}
     for run in r["children"]:
         by.setdefault(run.data.tags["sati.variant"], {})[int(run.data.tags["sati.seed"])] = run.data.metrics
-    assert set(by) == {"full", "text_only"} and set(by["full"]) == set(by["text_only"]) and 7 in by["full"]
+    assert set(by) == {"full", "text_only"} and set(by["full"]) == set(by["text_only"]) == set(reproduction_seeds(7, 2))
     assert len(r["children"]) == 4 and all(run.info.status == "FINISHED" for run in r["children"])
 
     # shapes: Table I full and text_only; II one row per variant; III every variant × 5 conditions
@@ -288,8 +266,9 @@ def test_reproduction_writes_three_tables_that_match_its_child_runs(reproduction
         lines = [ln for ln in md[name].splitlines() if ln.startswith("|")]
         assert len(lines) == rows + 2 and all(ln.count("|") == 10 for ln in lines), md[name]
         assert (tables / f"{name}.tex").read_text().count(r"\\") == rows + 1
+        assert "mean ± sample standard deviation over S = 2 seeds" in md[name]  # the footnote
     conditions = ("clean", "noise σ=0.5", "drop text", "drop audio", "drop video")
-    assert [ln.split("|")[1].strip() for ln in md["table3"].splitlines()[2:]] == [
+    assert [ln.split("|")[1].strip() for ln in md["table3"].splitlines()[2:] if ln.startswith("|")] == [
         f"{v}, {c}" for v in ("full", "text_only") for c in conditions
     ]
 
@@ -299,23 +278,106 @@ def test_reproduction_writes_three_tables_that_match_its_child_runs(reproduction
     for variant, seeds in by.items():
         clean = [_cell([m[f"test/{k}"] for m in seeds.values()], s) for k, s in columns]
         noisy = [_cell([m[f"test/noise0.5/{k}"] for m in seeds.values()], s) for k, s in columns]
-        assert _row(md["table2"], variant) == clean == _row(md["table1"], variant)
+        assert [c.rstrip("*") for c in _row(md["table2"], variant)] == clean
+        assert _row(md["table2"], variant) == _row(md["table1"], variant)
         assert _row(md["table3"], f"{variant}, noise σ=0.5") == noisy
     # text_only reads no audio or video: noise on them changes nothing
     assert all(m["test/noise0.5/mae"] == m["test/mae"] for m in by["text_only"].values())
 
-    # the paired difference of MAE is the mean over seeds of text_only − full
+    # the difference of MAE is the mean over seeds of text_only − full; the footnote names S, n, B, m, α
     delta = np.mean([by["text_only"][s]["test/mae"] - by["full"][s]["test/mae"] for s in by["full"]])
     assert _row(md["differences"], "text_only | MAE")[2] == f"{delta:+.3f}"
-    assert "smallest possible p is 0.5" in md["differences"]
+    summary = json.loads((tables / "differences.json").read_text())
+    n = len(read_split(r["data"], "test"))
+    assert summary["n"] == n and summary["resamples"] == 10_000 and summary["correction"] == "Holm–Bonferroni"
+    assert len(summary["cells"]) == 8 and summary["family"] == sum(not c["note"] for c in summary["cells"])
+    for needle in ("S = 2 seed-paired", f"(n = {n})", "B = 10,000", f"m = {summary['family']} cells", "α = 0.05"):
+        assert needle in md["differences"], needle
+    assert "familywise $\\alpha$ = 0.05" in (tables / "differences.tex").read_text()
+    assert "Holm–Bonferroni" in (tables / "table2.tex").read_text() or not summary["family"]
+
+
+@pytest.mark.slow
+def test_each_run_stores_its_test_predictions_and_its_metrics_are_recomputed_from_them(reproduction):
+    from sati.evaluation import Condition, perturb
+    from sati.metrics import regression_metrics
+    from sati.predictor import SATIPredictor
+    from sati.reproduce import parse_request
+    from sati.reproduce_report import TestSet, build_report
+    from sati.tracking.reproductions import read_test_predictions
+    from sati.tracking.searches import download_checkpoint
+    from sati.tracking.store import TrackingStore
+
+    r = reproduction
+    store, test = TrackingStore.open(r["uri"]), read_split(r["data"], "test")
+    conditions = parse_request("full,text_only", 2, [0.5]).conditions
+    columns = {c: c.key or "clean" for c in conditions}
+    results, predictions = {}, {}
+    for run in r["children"]:
+        variant, seed = run.data.tags["sati.variant"], int(run.data.tags["sati.seed"])
+        frame = read_test_predictions(store, run.info.run_id)
+        assert list(frame.columns) == ["id", "label", *columns.values()]
+        assert frame["id"].tolist() == test.ids and np.array_equal(frame["label"], test.labels.astype(np.float64))
+        by_cond = {c: frame[col].to_numpy() for c, col in columns.items()}
+        metrics = {c: regression_metrics(p, test.labels, "test") for c, p in by_cond.items()}
+        # every logged test metric, each condition, is the metric of the stored predictions (MLflow keeps
+        # finite values only: an undefined one, e.g. Pearson r of the constant prediction without text, is absent)
+        for cond, values in metrics.items():
+            named = {k.replace("test/", f"test/{cond.key}/") if cond.key else k: v for k, v in values.items()}
+            finite = {k: v for k, v in named.items() if math.isfinite(v)}
+            assert {k: run.data.metrics[k] for k in finite} == finite, (variant, seed, cond)
+            assert not (set(named) - set(finite)) & set(run.data.metrics), (variant, seed, cond)
+        results.setdefault(variant, {})[seed] = metrics
+        predictions.setdefault(variant, {})[seed] = by_cond
+
+    # the noise row, recomputed independently: the checkpoint predicts on the noisy split here
+    run = next(run for run in r["children"] if run.data.tags["sati.variant"] == "full")
+    predictor = SATIPredictor(download_checkpoint(store, run.info.run_id, r["root"] / "ckpt"), device="cpu")
+    noisy = predictor.predict_arrays(perturb(test, Condition(noise=0.5))).astype(np.float64)
+    expected = regression_metrics(noisy, test.labels, "test/noise0.5")
+    assert {k: run.data.metrics[k] for k in expected} == expected
+    assert np.array_equal(read_test_predictions(store, run.info.run_id)["noise0.5"], noisy)
+    assert expected["test/noise0.5/mae"] != run.data.metrics["test/mae"]  # the noise reached the model
+
+    # the tables, recomputed from the stored predictions alone, are the ones written
+    results, predictions = ({v: d[v] for v in ("full", "text_only")} for d in (results, predictions))
+    report = build_report(
+        results,
+        predictions,
+        test.labels,
+        conditions,
+        TestSet(f"{read_info(r['data']).name} test", len(test)),
+        7,
+        10_000,
+    )
+    for name in ("table1.md", "table2.tex", "table3.md", "differences.md", "differences.json"):
+        assert report.texts[name] == (r["root"] / "tables" / name).read_text(), name
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_reproduction_reads_the_stored_predictions(reproduction):
+    r = reproduction
+    before = {p.name: p.read_text() for p in (r["root"] / "tables").glob("*.md")}
+    out = run_sati(["reproduce", "--resume", r["parent"].info.run_id, "--tracking-uri", r["uri"]], cwd=r["root"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "evaluating 4 checkpoint(s)" in out.stdout
+    after = {p.name: p.read_text() for p in (r["root"] / "tables").glob("*.md")}
+    assert after == before
+    parent = r["client"].get_run(r["parent"].info.run_id)
+    assert parent.info.status == "FINISHED"
+    children = r["client"].search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert len(children) == 4  # nothing trained again
 
 
 @pytest.mark.slow
 def test_rerun_of_a_cpu_trial_is_exact_and_a_changed_data_file_is_refused(reproduction, capsys, tmp_path):
     r = reproduction
     client, uri = r["client"], r["uri"]
+    first = str(reproduction_seeds(7, 2)[0])
     (original,) = [
-        run for run in r["children"] if run.data.tags["sati.variant"] == "full" and run.data.tags["sati.seed"] == "7"
+        run for run in r["children"] if run.data.tags["sati.variant"] == "full" and run.data.tags["sati.seed"] == first
     ]
     run_id = original.info.run_id
 
@@ -348,24 +410,27 @@ def test_rerun_of_a_cpu_trial_is_exact_and_a_changed_data_file_is_refused(reprod
     assert now in err and recorded in err
     assert len(client.search_runs([original.info.experiment_id], f"tags.`sati.rerun_of` = '{run_id}'")) == 1
 
-    # --force trains on it and says so on the new run
-    assert main(["reproduce", "--rerun", run_id, "--data", str(changed), "--force", "--tracking-uri", uri]) in (0, 1)
+    # --force trains on it and says so on the new run; a changed label changes training: exit 1, "differs"
+    assert main(["reproduce", "--rerun", run_id, "--data", str(changed), "--force", "--tracking-uri", uri]) == 1
+    assert "compared by equality (CPU): differs" in capsys.readouterr().out
     forced = client.search_runs(
         [original.info.experiment_id], f"tags.`sati.rerun_of` = '{run_id}'", order_by=["attributes.start_time DESC"]
     )[0]
     assert forced.data.tags["sati.rerun_forced.data_checksum"] == f"{recorded} → {now}"
+    assert forced.data.tags["sati.rerun_match"] == "differs"
 
 
 @pytest.mark.slow
 def test_a_registered_model_or_a_trial_run_gives_its_trials_configuration(reproduction):
     from sati.promote import Selection, promote
-    from sati.reproduce import reproduction_seeds, resolve_source
+    from sati.reproduce import resolve_source
     from sati.tracking.store import RunInfo, TrackingStore
 
     r = reproduction
     uri = r["uri"]
     runs = {(run.data.tags["sati.variant"], run.data.tags["sati.seed"]): run for run in r["children"]}
-    trial = runs[("full", "7")]
+    first = reproduction_seeds(7, 2)[0]
+    trial = runs[("full", str(first))]
     # registered as `sati promote` registers a trial (its files' manifest on the version)
     store = TrackingStore(uri)
     selection = Selection({r["parent"].info.run_id: RunInfo.of(r["parent"])}, "valid/mae", "min", "rep-model", [])
@@ -374,9 +439,9 @@ def test_a_registered_model_or_a_trial_run_gives_its_trials_configuration(reprod
 
     cfg, store, what = resolve_source("models:/rep-model@champion", ["train.epochs=3"], uri)
     assert store.uri == uri == cfg.tracking.uri and trial.info.run_id in what
-    assert cfg.seed == 7 and cfg.train.epochs == 3 and cfg.data.path == str(r["data"])
-    assert reproduction_seeds(cfg.seed, 2) == sorted({int(s) for _, s in runs}, key=lambda s: s != 7)
+    assert cfg.seed == first and cfg.train.epochs == 3 and cfg.data.path == str(r["data"])
+    assert first not in reproduction_seeds(cfg.seed, 2)  # a reproduction of it would not re-run its seed
 
     # a text_only trial's own configuration has the switch on; the variants set every switch themselves
-    cfg, _, _ = resolve_source(runs[("text_only", "7")].info.run_id, [], uri)
-    assert cfg.ablation.text_only and cfg.seed == 7
+    cfg, _, _ = resolve_source(runs[("text_only", str(first))].info.run_id, [], uri)
+    assert cfg.ablation.text_only and cfg.seed == first

@@ -2,8 +2,9 @@
 
 A reproduction is one run (``sati.role`` = reproduction) with one child run per variant × seed (the Ray
 trials, logged by ``TrialRuns`` like a search's, with ``sati.variant`` and ``sati.seed``); their test
-metrics are added to them once they are evaluated, and the tables, a plot and a description go on the
-reproduction run. A re-run (``sati.role`` = rerun) is nested under the run it trains again.
+metrics and per-sample test predictions (``predictions/test.csv``: id, label and one column per test
+condition) are added to them once they are evaluated, and the tables, a plot and a description go on
+the reproduction run. A re-run (``sati.role`` = rerun) is nested under the run it trains again.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from sati.tracking import contract as c
@@ -76,6 +78,26 @@ def variant_runs(store: TrackingStore, parent: str) -> dict[tuple[str, int], Run
 def log_test_metrics(store: TrackingStore, run_id: str, metrics: dict[str, float]) -> None:
     """A trial's test metrics (``test/…`` keys, every condition) on its run, once it is evaluated."""
     store.log_metrics(run_id, metrics)
+
+
+PREDICTIONS_ARTIFACT = "predictions/test.csv"  # a reproduction trial's per-sample test predictions
+
+
+def log_test_predictions(store: TrackingStore, run_id: str, frame: pd.DataFrame) -> None:
+    """A trial's per-sample test predictions (id, label, one column per condition) on its run, as CSV
+    whose numbers read back exactly (``read_test_predictions``): pandas writes the shortest repr."""
+    store.client.log_text(run_id, frame.to_csv(index=False, na_rep="nan"), PREDICTIONS_ARTIFACT)
+
+
+def read_test_predictions(store: TrackingStore, run_id: str) -> pd.DataFrame | None:
+    """The frame ``log_test_predictions`` logged on the run, or None when it has none."""
+    with tempfile.TemporaryDirectory(prefix="sati-predictions-") as tmp:
+        try:
+            path = store.client.download_artifacts(run_id, PREDICTIONS_ARTIFACT, tmp)
+        except Exception:
+            return None
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)  # numbers parsed by float(): exact
+    return frame.astype({column: float for column in frame.columns if column != "id"})
 
 
 def log_reproduction_summary(
