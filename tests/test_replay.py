@@ -318,7 +318,7 @@ def test_simulate_prints_the_comparison_and_writes_the_plot_and_one_mlflow_run(t
 def _pipeline(tmp_path, epochs=4) -> Path:
     (tmp_path / "space.yaml").write_text(SPACE)
     path = tmp_path / "p.yaml"
-    raw = {"train": {"epochs": epochs}, "search": {"space": "space.yaml"}, "tracking": {"uri": None}}
+    raw = {"format": 2, "train": {"epochs": epochs}, "search": {"space": "space.yaml"}, "tracking": {"uri": None}}
     path.write_text(yaml.safe_dump(raw))
     return path
 

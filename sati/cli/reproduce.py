@@ -12,7 +12,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "reproduce",
         help="Tables I–III: every variant × seed trained on Ray, evaluated on test; differences against full "
-        "with 95 % intervals over seeds and test samples, Holm-corrected",
+        "with 95 %% intervals over seeds and test samples, Holm-corrected",
     )
     p.add_argument(
         "source",
